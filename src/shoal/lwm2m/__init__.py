@@ -1,0 +1,1 @@
+"""Sans-IO LwM2M: paths, object model, content formats, message rules."""
