@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Union
+from typing import TypeAlias
 
 
 class ResourceType(enum.Enum):
@@ -58,7 +58,7 @@ class ObjectLink:
 
 # One decoded LwM2M value. TIME is a timezone-aware datetime, OPAQUE is bytes,
 # CORELNK is the link-format text, NONE never appears as a value.
-Value = Union[str, int, float, bool, bytes, datetime, ObjectLink]
+Value: TypeAlias = str | int | float | bool | bytes | datetime | ObjectLink
 
 
 @dataclass(frozen=True, slots=True)
