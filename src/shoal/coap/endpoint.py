@@ -204,7 +204,7 @@ class CoapEndpoint(asyncio.DatagramProtocol):
             if transport is not None:
                 sendto = transport.sendto
                 for data, addr in out:
-                    sendto(data, addr)
+                    sendto(data, addr)  # type: ignore[arg-type]
         when = engine.get_timer()
         if when is not None and (self._timer_at is None or when < self._timer_at):
             if self._timer is not None:

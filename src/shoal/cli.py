@@ -1,0 +1,130 @@
+"""`shoal serve | demo | simulate`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from shoal.coap.endpoint import run
+from shoal.server import events as ev
+from shoal.server.server import Lwm2mServer, ServerConfig
+
+log = logging.getLogger("shoal")
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="CoAP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5683, help="CoAP port (default 5683)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every registration")
+
+
+def _log_events(server: Lwm2mServer, verbose: bool) -> None:
+    if not verbose:
+        return
+    bus = server.bus
+    bus.subscribe(ev.Registered, lambda e: log.info("registered %s", e.registration))
+    bus.subscribe(ev.Deregistered, lambda e: log.info("de-registered %s", e.registration))
+    bus.subscribe(ev.Expired, lambda e: log.info("expired %s", e.registration))
+
+
+async def _wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover
+            pass
+    await stop.wait()
+
+
+async def _report(server: Lwm2mServer, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        c = server.counters
+        log.info(
+            "devices=%d registered=%d updates=%d notifications=%d sends=%d rejected=%d",
+            len(server.store),
+            c["registered"],
+            c["updated"],
+            c["notifications"],
+            c["sends"],
+            c["rejected"],
+        )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    server = Lwm2mServer(ServerConfig(host=args.host, port=args.port))
+    await server.start()
+    _log_events(server, args.verbose)
+    host, port = server.address
+    log.info("LwM2M server on coap://%s:%d", host, port)
+    reporter = asyncio.get_running_loop().create_task(_report(server, 10.0))
+    try:
+        await _wait_for_stop()
+    finally:
+        reporter.cancel()
+        await server.stop()
+
+
+async def demo(args: argparse.Namespace) -> None:
+    """The server plus a simulated fleet in one process: try Shoal in one command."""
+    from shoal.sim import fleet as sim_fleet
+
+    server = Lwm2mServer(ServerConfig(host=args.host, port=args.port))
+    await server.start()
+    _log_events(server, args.verbose)
+    host, port = server.address
+    log.info("LwM2M server on coap://%s:%d; starting %d demo devices", host, port, args.devices)
+    fleet = sim_fleet.Fleet(
+        f"coap://{host}:{port}",
+        count=args.devices,
+        profile="mixed",
+        enclosures=["ENC-7K3M", "ENC-2PQX", "ENC-9TRW"],
+    )
+    await fleet.start()
+    reporter = asyncio.get_running_loop().create_task(_report(server, 10.0))
+    try:
+        await _wait_for_stop()
+    finally:
+        reporter.cancel()
+        await fleet.stop()
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="shoal", description="LwM2M device management for fish farms"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the LwM2M server")
+    _server_args(p_serve)
+    p_demo = sub.add_parser("demo", help="run the server with a simulated demo fleet")
+    _server_args(p_demo)
+    p_demo.add_argument("--devices", type=int, default=30, help="simulated devices (default 30)")
+    sub.add_parser("simulate", help="run a simulated fleet against a server", add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        from shoal.sim import main as sim_main
+
+        return int(sim_main(argv[1:]) or 0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            run(serve(args))
+        elif args.command == "demo":
+            run(demo(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The LwM2M server: registration interface, device management, observe, send."""
