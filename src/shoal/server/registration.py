@@ -65,7 +65,7 @@ class Registration:
         self.identity = identity  # security identity (PSK id / cert CN) it registered with
         self.registered_at = wall
         self.updated_at = wall
-        self.expires_at = now + lifetime
+        self.expires_at = expiry(now, lifetime)
 
     @property
     def objects(self) -> Mapping[int, object]:
@@ -83,6 +83,14 @@ class Registration:
 
     def __repr__(self) -> str:
         return f"<Registration {self.endpoint} id={self.id} at {self.address!r} lt={self.lifetime}>"
+
+
+NEVER = float("inf")
+
+
+def expiry(now: float, lifetime: int) -> float:
+    """Lifetime 0 means 'never expires' (LwM2M 1.2 Server object, resource 1)."""
+    return NEVER if lifetime == 0 else now + lifetime
 
 
 def new_registration_id() -> str:

@@ -24,7 +24,6 @@ from shoal.coap.message import Message
 from shoal.lwm2m import content
 from shoal.lwm2m import requests as rq
 from shoal.lwm2m.attributes import NotificationAttributes
-from shoal.lwm2m.link import LinkFormatError
 from shoal.lwm2m.model import Value
 from shoal.lwm2m.path import Path
 from shoal.lwm2m.registration import (
@@ -37,7 +36,7 @@ from shoal.lwm2m.registration import (
 from shoal.lwm2m.registry import ModelRegistry, default_registry
 from shoal.server import events as ev
 from shoal.server.observation import Observation
-from shoal.server.registration import LinkCache, Registration, new_registration_id
+from shoal.server.registration import LinkCache, Registration, expiry, new_registration_id
 from shoal.server.store import InMemoryRegistrationStore
 
 log = logging.getLogger(__name__)
@@ -173,13 +172,14 @@ class Lwm2mServer:
     def _register(self, request: Message, remote: Addr) -> Message:
         if len(request.payload) > self.config.max_registration_payload:
             raise RegistrationError((4, 13), "registration payload too large")
-        fmt = request.content_format
-        try:
-            # parse the links once per distinct payload: fleets send identical ones
-            links = self._links.parse(request.payload) if request.payload.strip() else None
-        except LinkFormatError as exc:
-            raise RegistrationError((4, 0), f"invalid object links: {exc}") from None
-        reg_req = parse_register(request.uri_path, request.uri_query, request.payload, fmt)
+        # links are parsed once per distinct payload: fleets send identical ones
+        reg_req = parse_register(
+            request.uri_path,
+            request.uri_query,
+            request.payload,
+            request.content_format,
+            links_parser=self._links.parse,
+        )
         identity = self.authorizer(reg_req, remote) if self.authorizer is not None else None
         now = self._now()
         reg = Registration(
@@ -190,7 +190,7 @@ class Lwm2mServer:
             reg_req.version,
             reg_req.binding,
             reg_req.queue_mode,
-            links or reg_req.links,
+            reg_req.links,
             now,
             time.time(),
             reg_req.sms,
@@ -212,7 +212,12 @@ class Lwm2mServer:
         if reg is None:
             raise RegistrationError((4, 4), "no such registration")
         upd = parse_update(
-            path, request.uri_query, request.payload, request.content_format, version=reg.version
+            path,
+            request.uri_query,
+            request.payload,
+            request.content_format,
+            version=reg.version,
+            links_parser=self._links.parse,
         )
         now = self._now()
         if upd.lifetime is not None:
@@ -225,7 +230,7 @@ class Lwm2mServer:
             reg.sms = upd.sms
         objects_changed = False
         if upd.links is not None and upd.links != reg.links:
-            reg.links = self._links.parse(request.payload)
+            reg.links = upd.links
             objects_changed = True
         address_changed = reg.address != remote
         if address_changed:
@@ -233,7 +238,7 @@ class Lwm2mServer:
                 del self._by_addr[reg.address]
             reg.address = remote
             self._by_addr[remote] = reg.id
-        reg.expires_at = now + reg.lifetime
+        reg.expires_at = expiry(now, reg.lifetime)
         reg.updated_at = time.time()
         self.store.touch(reg)
         self.counters["updated"] += 1
