@@ -56,6 +56,11 @@ def _message(code: int, target: Target, path: Path) -> Message:
     return msg
 
 
+def _fmt(fmt: int | None, target: Target) -> int:
+    """The asked format, else the device's; 0 (text/plain) is a real choice."""
+    return target.content_format if fmt is None else fmt
+
+
 def _model(target: Target) -> content.ModelLookup:
     return target.model if target.model is not None else content.EMPTY_MODEL
 
@@ -70,7 +75,7 @@ class Read:
         if self.path.is_root():
             raise RequestBuildError("Read needs at least an object id")
         msg = _message(Code.GET, target, self.path)
-        msg.add(o.ACCEPT, self.content_format or target.content_format)
+        msg.add(o.ACCEPT, _fmt(self.content_format, target))
         return msg
 
 
@@ -98,7 +103,7 @@ class Write:
     def to_coap(self, target: Target) -> Message:
         if len(self.path) < 2:
             raise RequestBuildError("Write targets an object instance or a resource")
-        fmt = self.content_format or target.content_format
+        fmt = _fmt(self.content_format, target)
         if fmt not in MULTI_FORMATS and not (self.path.is_resource() and len(self.values) == 1):
             fmt = SENML_JSON if fmt != TLV else TLV
         msg = _message(Code.POST if self.partial else Code.PUT, target, self.path)
@@ -134,7 +139,7 @@ class Create:
     operation: ClassVar[str] = "create"
 
     def to_coap(self, target: Target) -> Message:
-        fmt = self.content_format or target.content_format
+        fmt = _fmt(self.content_format, target)
         if fmt not in MULTI_FORMATS:
             fmt = TLV
         msg = _message(Code.POST, target, Path(self.object_id))
@@ -182,7 +187,7 @@ class Observe:
 
 
 def _composite_format(fmt: int | None, target: Target) -> int:
-    fmt = fmt or target.content_format
+    fmt = _fmt(fmt, target)
     return fmt if fmt in COMPOSITE_FORMATS else SENML_JSON
 
 
