@@ -1,0 +1,1 @@
+"""Fish-farm logic on top of server events: inventory, correlation, health."""
