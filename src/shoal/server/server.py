@@ -531,6 +531,10 @@ class Lwm2mServer:
     def _is_awake(self, reg: Registration) -> bool:
         return self._awake_until.get(reg.id, 0.0) > self._now()
 
+    def is_sleeping(self, reg: Registration) -> bool:
+        """A queue-mode device that is not reachable now: requests would wait."""
+        return reg.queue_mode and not self._is_awake(reg)
+
     def _woke(self, reg: Registration) -> None:
         """The device spoke: it is reachable for a while; send what waited for it."""
         if not reg.queue_mode:

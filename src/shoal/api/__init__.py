@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI): inventory, device operations, telemetry, live events."""
