@@ -73,18 +73,21 @@ async def serve(args: argparse.Namespace) -> None:
 
 async def demo(args: argparse.Namespace) -> None:
     """The server plus a simulated fleet in one process: try Shoal in one command."""
-    from shoal.sim import fleet as sim_fleet
+    from shoal.sim import Fleet, FleetConfig
 
     server = Lwm2mServer(ServerConfig(host=args.host, port=args.port))
     await server.start()
     _log_events(server, args.verbose)
     host, port = server.address
     log.info("LwM2M server on coap://%s:%d; starting %d demo devices", host, port, args.devices)
-    fleet = sim_fleet.Fleet(
-        f"coap://{host}:{port}",
-        count=args.devices,
-        profile="mixed",
-        enclosures=["ENC-7K3M", "ENC-2PQX", "ENC-9TRW"],
+    fleet = Fleet(
+        FleetConfig(
+            server=(host, port),
+            count=args.devices,
+            profile="mixed",
+            enclosures=["ENC-7K3M", "ENC-2PQX", "ENC-9TRW"],
+            progress=False,
+        )
     )
     await fleet.start()
     reporter = asyncio.get_running_loop().create_task(_report(server, 10.0))

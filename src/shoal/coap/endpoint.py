@@ -159,7 +159,7 @@ class CoapEndpoint(asyncio.DatagramProtocol):
         self._prefixes.sort(key=lambda r: -len(r.prefix))
 
     def _find(self, request: Message) -> _Route | None:
-        segs = tuple(v.decode("utf-8", "replace") for n, v in request.options if n == o.URI_PATH)
+        segs = tuple([v.decode("utf-8", "replace") for n, v in request.options if n == o.URI_PATH])
         r = self._exact.get(segs)
         if r is not None:
             return r

@@ -94,7 +94,7 @@ class EngineBusy(RuntimeError):
 class Incoming:
     """A request being served. `respond` answers it once."""
 
-    __slots__ = ("acked", "block1", "done", "observe", "remote", "request", "szx")
+    __slots__ = ("acked", "block1", "block2", "done", "observe", "remote", "request", "szx")
 
     def __init__(self, remote: Addr, request: Message, szx: int) -> None:
         self.remote = remote
@@ -102,6 +102,7 @@ class Incoming:
         self.acked = False
         self.done = False
         self.block1: o.Block | None = None
+        self.block2: o.Block | None = None  # as parsed on arrival
         self.observe: int | None = None
         self.szx = szx
 
@@ -111,6 +112,7 @@ class Exchange:
 
     __slots__ = (
         "block1_offset",
+        "block1_szx",
         "block2_body",
         "block2_head",
         "body",
@@ -128,7 +130,8 @@ class Exchange:
         self.remote = remote
         self.request = request
         self.body = request.payload  # the whole request body (sent block-wise if large)
-        self.block1_offset = 0
+        self.block1_offset = 0  # end of the last Block1 piece sent
+        self.block1_szx = 6
         self.block2_body: bytearray | None = None
         self.block2_head: Message | None = None
         self.observing = False
@@ -182,6 +185,12 @@ class _Reassembly:
 
 
 _IN_PROGRESS = b""  # dedup marker: request seen, no answer yet
+
+# Options of a request that its follow-up Block2 requests leave out: the body
+# went with the first block, and a Block2 option the caller set is replaced.
+_NOT_IN_BLOCK2_REQUEST = frozenset({o.BLOCK1, o.SIZE1, o.OBSERVE, o.BLOCK2})
+
+_OBSERVABLE = frozenset({Code.GET, Code.FETCH})
 
 # timer kinds
 _T_RETRANSMIT = 0
@@ -278,6 +287,11 @@ class Engine:
         mtype = msg.mtype
         code = msg.code
         if mtype in (ACK, RST):
+            if code and (mtype == RST or code < 32):
+                # RFC 7252 4.2/4.3: an ACK carries a response or nothing, a Reset
+                # nothing; neither may be answered, so drop it.
+                self.stats["malformed"] += 1
+                return
             self._on_ack_or_rst(msg, remote, now)
             return
         if code == 0:
@@ -329,6 +343,8 @@ class Engine:
     def _on_request(self, msg: Message, remote: Addr, key: tuple[Addr, int], now: float) -> None:
         bad = msg.unknown_critical()
         if bad is not None:
+            if msg.mtype != CON:
+                return  # RFC 7252 5.4.1: a NON with one is silently ignored
             self._reply_error(
                 msg, remote, key, Code.BAD_OPTION, f"unknown critical option {bad}", now
             )
@@ -348,17 +364,19 @@ class Engine:
                 return
             szx = min(szx, block2.szx)
             if block2.num > 0:
-                cached = self._block2_cache.get((remote, msg.cache_key()))
+                cached = self._block2_cache.get((remote, msg.cache_key(body=True)))
                 if cached is not None:
                     inc = Incoming(remote, msg, szx)
                     self._send_response(inc, key, self._slice(cached[0], inc, block2.num, szx), now)
                     return
         inc = Incoming(remote, msg, szx)
+        inc.block2 = block2
         if block1 is not None and not self._on_block1(inc, block1, key, now):
             return
         if msg.mtype == CON:
             self._incoming[key] = inc
-        obs = msg.observe if msg.code == Code.GET else None
+        # GET and FETCH (RFC 8132 2.4, LwM2M Observe-Composite) can be observed
+        obs = msg.observe if msg.code in _OBSERVABLE else None
         if obs is not None:
             if obs == 1:
                 self._remove_observer((remote, msg.token), "cancelled")
@@ -409,8 +427,10 @@ class Engine:
             self._reply_too_large(inc, key, now)
             return False
         if block1.more:
+            # a server preferring smaller blocks says so here (RFC 7959 2.3)
+            szx = min(block1.szx, cfg.block_szx)
             cont = Message(code=Code.CONTINUE).add(
-                o.BLOCK1, o.Block(block1.num, True, block1.szx).encode()
+                o.BLOCK1, o.Block(block1.num, True, szx).encode()
             )
             self._send_response(inc, key, cont, now)
             return False
@@ -464,11 +484,11 @@ class Engine:
         if ctx.block1 is not None and response.opt(o.BLOCK1) is None:
             b1 = ctx.block1
             response.add(o.BLOCK1, o.Block(b1.num, False, b1.szx).encode())
-        block2 = request.block2 if ctx.block1 is None else None
+        block2 = ctx.block2 if ctx.block1 is None else None
         num = block2.num if block2 is not None else 0
         if len(response.payload) > 1 << (ctx.szx + 4) or num > 0:
             if response.code >> 5 == 2 and len(response.payload) > 1 << (ctx.szx + 4):
-                ck = (ctx.remote, request.cache_key())
+                ck = (ctx.remote, request.cache_key(body=True))
                 self._block2_cache[ck] = (response, now + self.config.block_lifetime)
                 if len(self._block2_cache) > self.config.max_block2_cache:
                     self._block2_cache.popitem(last=False)
@@ -572,7 +592,7 @@ class Engine:
         ctx.observe = 0
         ctx.done = True
         if len(response.payload) > cfg.block_size:
-            ck = (observer.remote, observer.request.cache_key())
+            ck = (observer.remote, observer.request.cache_key(body=True))
             self._block2_cache[ck] = (response, now + cfg.block_lifetime)
             self._ensure_sweep(now + cfg.block_lifetime)
             response = self._slice(response, ctx, 0, cfg.block_szx)
@@ -622,7 +642,7 @@ class Engine:
             ) in self._observations:
                 request.token = self.new_token()
         ex = Exchange(remote, request)
-        ex.observing = request.code == Code.GET and request.observe == 0
+        ex.observing = request.code in _OBSERVABLE and request.observe == 0
         self._n_exchanges += 1
         active = self._active.get(remote, 0)
         if active >= self.config.nstart:
@@ -642,6 +662,8 @@ class Engine:
         req = ex.request
         bs = self.config.block_size
         if len(ex.body) > bs and req.opt(o.BLOCK1) is None:
+            ex.block1_offset = bs
+            ex.block1_szx = self.config.block_szx
             msg = Message(req.mtype, req.code, 0, req.token, list(req.options), ex.body[:bs])
             msg.add(o.BLOCK1, o.Block(0, True, self.config.block_szx).encode())
             msg.add(o.SIZE1, len(ex.body))
@@ -709,7 +731,8 @@ class Engine:
                 del self._transmissions[tkey]
         self._finish(ex, now, None)
         if was_observing and proactive:
-            req = Message(ex.request.mtype, Code.GET, 0, ex.token, list(ex.request.options))
+            orig = ex.request
+            req = Message(orig.mtype, orig.code, 0, ex.token, list(orig.options), orig.payload)
             req.set(o.OBSERVE, 1)
             return self.request(ex.remote, req, now)
         return None
@@ -728,7 +751,7 @@ class Engine:
 
     def _on_ack_or_rst(self, msg: Message, remote: Addr, now: float) -> None:
         tkey = (remote, msg.mid)
-        tr = self._transmissions.pop(tkey, None)
+        tr = self._transmissions.get(tkey)
         if tr is None:
             if msg.mtype == RST:
                 okey = self._notify_mids.pop(tkey, None)
@@ -737,6 +760,11 @@ class Engine:
                     self._remove_observer(okey, "reset by peer")
             return
         ex = tr.exchange
+        if ex is not None and msg.code != 0 and msg.token != ex.token:
+            # a piggybacked response that does not match the request (RFC 7252
+            # 5.3.2): ignore it and keep retransmitting until the right one comes
+            return
+        del self._transmissions[tkey]
         if tr.observer is not None:
             if msg.mtype == RST:
                 self.stats["resets"] += 1
@@ -753,8 +781,6 @@ class Engine:
             self._release(ex, now)
             self._push_timer(now + self.config.response_timeout, _T_RESPONSE, (ex, msg.mid))
             return
-        if msg.token != ex.token:
-            return
         self._on_exchange_response(ex, msg, now)
 
     def _on_response(self, msg: Message, remote: Addr, key: tuple[Addr, int], now: float) -> None:
@@ -768,9 +794,11 @@ class Engine:
             self._out.append((rst, remote))
             return
         if msg.mtype == CON:
-            ack = empty(ACK, msg.mid)
-            self._dedup[key] = ack
-            self._out.append((ack, remote))
+            # an unknown critical option rejects the response (RFC 7252 5.4.1);
+            # _on_exchange_response then fails the exchange
+            reply = empty(ACK if msg.unknown_critical() is None else RST, msg.mid)
+            self._dedup[key] = reply
+            self._out.append((reply, remote))
         for tk, tr in list(self._transmissions.items()):
             if tr.exchange is ex and tk[0] == remote:
                 # the response implies our request arrived
@@ -827,7 +855,7 @@ class Engine:
         if self._n_exchanges >= self.config.max_exchanges:
             return
         req = ex.request
-        opts = [opt for opt in req.options if opt[0] not in (o.BLOCK1, o.SIZE1, o.OBSERVE)]
+        opts = [opt for opt in req.options if opt[0] not in _NOT_IN_BLOCK2_REQUEST]
         sub = Exchange(ex.remote, Message(req.mtype, req.code, 0, self.new_token(), opts))
         sub.parent = ex
         sub.block2_body = bytearray(first.payload)
@@ -868,26 +896,29 @@ class Engine:
         self._finish(ex, now, ResponseReceived(ex, msg))
 
     def _next_block1(self, ex: Exchange, block1: o.Block, now: float) -> None:
-        cfg = self.config
-        szx = min(block1.szx, cfg.block_szx)
-        sent_size = 1 << (szx + 4)
-        offset = (block1.num + 1) * (1 << (block1.szx + 4))
-        if offset >= len(ex.body):
+        # Continue from the end of the block we sent, not from the number in the
+        # answer: a server that wants smaller blocks answers block 0 of 1024 bytes
+        # with "0, 64 bytes" and expects block 16 next (RFC 7959 2.3, Figure 5).
+        offset = ex.block1_offset
+        szx = min(block1.szx, ex.block1_szx)
+        size = 1 << (szx + 4)
+        if offset >= len(ex.body) or offset % size:
             self._finish(ex, now, RequestFailed(ex, "Continue after the last Block1"))
             return
-        num = offset // sent_size
-        piece = ex.body[offset : offset + sent_size]
-        more = offset + sent_size < len(ex.body)
+        piece = ex.body[offset : offset + size]
+        more = offset + size < len(ex.body)
         req = ex.request
         msg = Message(req.mtype, req.code, 0, req.token, list(req.options), piece)
-        msg.add(o.BLOCK1, o.Block(num, more, szx).encode())
+        msg.add(o.BLOCK1, o.Block(offset // size, more, szx).encode())
+        ex.block1_offset = offset + len(piece)
+        ex.block1_szx = szx
         self._transmit(ex, msg, now)
 
     def _request_block2(self, ex: Exchange, block2: o.Block, have: int, now: float) -> None:
         szx = min(block2.szx, self.config.block_szx)
         num = have // (1 << (szx + 4))
         req = ex.request
-        opts = [opt for opt in req.options if opt[0] not in (o.BLOCK1, o.SIZE1, o.OBSERVE)]
+        opts = [opt for opt in req.options if opt[0] not in _NOT_IN_BLOCK2_REQUEST]
         msg = Message(req.mtype, req.code, 0, req.token, opts)
         msg.add(o.BLOCK2, o.Block(num, False, szx).encode())
         self._transmit(ex, msg, now)

@@ -146,9 +146,14 @@ class Message:
     def path_str(self) -> str:
         return "/" + "/".join(self.uri_path)
 
-    def cache_key(self) -> tuple[int, tuple[Option, ...]]:
-        """What makes two requests 'the same' for block-wise reassembly."""
-        return self.code, tuple(opt for opt in self.options if opt[0] not in o.NO_CACHE_KEY)
+    def cache_key(self, body: bool = False) -> tuple[int, tuple[Option, ...], bytes]:
+        """What makes two requests 'the same' for block-wise transfers.
+
+        With `body`, a FETCH's payload is part of it (RFC 8132 2.3): two
+        Read-Composites of different paths are different requests.
+        """
+        opts = tuple(opt for opt in self.options if opt[0] not in o.NO_CACHE_KEY)
+        return self.code, opts, self.payload if body and self.code == 5 else b""
 
     def unknown_critical(self) -> int | None:
         """The first critical option this engine does not implement, if any."""
@@ -162,6 +167,9 @@ class Message:
 
     def encode(self) -> bytes:
         token = self.token
+        if len(token) > 8:
+            # would overflow into the type bits and make a different message
+            raise ValueError("token longer than 8 bytes")
         head = bytes(
             (
                 0x40 | self.mtype << 4 | len(token),
@@ -293,10 +301,13 @@ def _ext(value: int) -> tuple[int, bytes]:
 
 def encode_options(options: Iterable[Option]) -> bytes:
     """Options in number order (stable for repeated ones), delta-encoded."""
+    opts = options if isinstance(options, list) else list(options)
     out = bytearray()
     last = 0
-    for number, value in sorted(options, key=_num):
+    for number, value in opts:
         delta = number - last
+        if delta < 0:  # not in number order (rare): encode a sorted copy instead
+            return encode_options(sorted(opts, key=_num))
         last = number
         length = len(value)
         if delta < 13 and length < 13:
