@@ -10,16 +10,32 @@ import sys
 from collections.abc import Sequence
 
 from shoal.coap.endpoint import run
+from shoal.node import NodeConfig, ShoalNode
 from shoal.server import events as ev
-from shoal.server.server import Lwm2mServer, ServerConfig
+from shoal.server.server import Lwm2mServer
 
 log = logging.getLogger("shoal")
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="CoAP bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5683, help="CoAP port (default 5683)")
+    p.add_argument("--coap-host", default=None, help="CoAP bind address (default 127.0.0.1)")
+    p.add_argument("--coap-port", type=int, default=None, help="CoAP port (default 5683)")
+    p.add_argument("--http-host", default=None, help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8080)")
+    p.add_argument("--data-dir", default=None, help="data directory (default ./data)")
+    p.add_argument("--database-url", default=None, help="e.g. postgresql+psycopg://host/db")
     p.add_argument("-v", "--verbose", action="store_true", help="log every registration")
+
+
+def _node_config(args: argparse.Namespace) -> NodeConfig:
+    return NodeConfig.from_env(
+        coap_host=args.coap_host,
+        coap_port=args.coap_port,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+    )
 
 
 def _log_events(server: Lwm2mServer, verbose: bool) -> None:
@@ -57,46 +73,54 @@ async def _report(server: Lwm2mServer, every: float) -> None:
         )
 
 
-async def serve(args: argparse.Namespace) -> None:
-    server = Lwm2mServer(ServerConfig(host=args.host, port=args.port))
-    await server.start()
-    _log_events(server, args.verbose)
-    host, port = server.address
+async def _start(args: argparse.Namespace) -> ShoalNode:
+    node = ShoalNode(_node_config(args))
+    await node.start()
+    _log_events(node.server, args.verbose)
+    host, port = node.server.address
+    http_host, http_port = node.http_address
     log.info("LwM2M server on coap://%s:%d", host, port)
-    reporter = asyncio.get_running_loop().create_task(_report(server, 10.0))
+    log.info("web UI and API on http://%s:%d (API docs: /api/v1/docs)", http_host, http_port)
+    return node
+
+
+async def serve(args: argparse.Namespace) -> None:
+    node = await _start(args)
+    reporter = asyncio.get_running_loop().create_task(_report(node.server, 10.0))
     try:
         await _wait_for_stop()
     finally:
         reporter.cancel()
-        await server.stop()
+        await node.stop()
 
 
 async def demo(args: argparse.Namespace) -> None:
-    """The server plus a simulated fleet in one process: try Shoal in one command."""
+    """The node, a seeded demo farm and a simulated fleet: try Shoal in one command."""
+    from shoal.demo import seed_demo_farms
     from shoal.sim import Fleet, FleetConfig
 
-    server = Lwm2mServer(ServerConfig(host=args.host, port=args.port))
-    await server.start()
-    _log_events(server, args.verbose)
-    host, port = server.address
-    log.info("LwM2M server on coap://%s:%d; starting %d demo devices", host, port, args.devices)
+    node = await _start(args)
+    codes = await seed_demo_farms(node.inventory, node.config.fleet.tenant)
+    host, port = node.server.address
+    log.info("starting %d simulated devices in enclosures %s", args.devices, ", ".join(codes))
     fleet = Fleet(
         FleetConfig(
             server=(host, port),
             count=args.devices,
             profile="mixed",
-            enclosures=["ENC-7K3M", "ENC-2PQX", "ENC-9TRW"],
+            enclosures=codes,
             progress=False,
+            sample_interval=5.0,
         )
     )
     await fleet.start()
-    reporter = asyncio.get_running_loop().create_task(_report(server, 10.0))
+    reporter = asyncio.get_running_loop().create_task(_report(node.server, 10.0))
     try:
         await _wait_for_stop()
     finally:
         reporter.cancel()
         await fleet.stop()
-        await server.stop()
+        await node.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,7 +150,7 @@ async def _run(
         raise Problem(502, "Device request failed", f"{endpoint}: {exc.reason}") from None
 
 
-@router.get("/devices/{endpoint}/data/{path:path}", summary="Read")
+@router.get("/devices/{endpoint}/data/{path:path}", summary="Read", response_model=None)
 async def read(
     request: Request, endpoint: str, path: str, format: str | None = None
 ) -> JSONResponse | dict[str, Any]:
@@ -162,7 +162,7 @@ class WriteBody(BaseModel):
     values: dict[str, Any] | None = Field(None, description="path -> value, for an instance")
 
 
-@router.put("/devices/{endpoint}/data/{path:path}", summary="Write")
+@router.put("/devices/{endpoint}/data/{path:path}", summary="Write", response_model=None)
 async def write(
     request: Request,
     endpoint: str,
@@ -194,7 +194,7 @@ class ExecuteBody(BaseModel):
     arguments: str = ""
 
 
-@router.post("/devices/{endpoint}/execute/{path:path}", summary="Execute")
+@router.post("/devices/{endpoint}/execute/{path:path}", summary="Execute", response_model=None)
 async def execute(
     request: Request, endpoint: str, path: str, body: ExecuteBody | None = None
 ) -> JSONResponse | dict[str, Any]:
@@ -202,7 +202,7 @@ async def execute(
     return await _run(request, endpoint, rq.Execute(_path(path), args))
 
 
-@router.get("/devices/{endpoint}/discover/{path:path}", summary="Discover")
+@router.get("/devices/{endpoint}/discover/{path:path}", summary="Discover", response_model=None)
 async def discover(request: Request, endpoint: str, path: str) -> JSONResponse | dict[str, Any]:
     return await _run(request, endpoint, rq.Discover(_path(path)))
 
@@ -212,7 +212,7 @@ class CreateBody(BaseModel):
     values: dict[str, Any] = Field(default_factory=dict, description="resource id -> value")
 
 
-@router.post("/devices/{endpoint}/objects/{object_id}", summary="Create")
+@router.post("/devices/{endpoint}/objects/{object_id}", summary="Create", response_model=None)
 async def create(
     request: Request, endpoint: str, object_id: int, body: CreateBody
 ) -> JSONResponse | dict[str, Any]:
@@ -228,12 +228,16 @@ async def create(
     return await _run(request, endpoint, rq.Create(object_id, vals, body.instance_id))
 
 
-@router.delete("/devices/{endpoint}/data/{path:path}", summary="Delete an object instance")
+@router.delete(
+    "/devices/{endpoint}/data/{path:path}", summary="Delete an object instance", response_model=None
+)
 async def delete(request: Request, endpoint: str, path: str) -> JSONResponse | dict[str, Any]:
     return await _run(request, endpoint, rq.Delete(_path(path)))
 
 
-@router.put("/devices/{endpoint}/attributes/{path:path}", summary="Write-Attributes")
+@router.put(
+    "/devices/{endpoint}/attributes/{path:path}", summary="Write-Attributes", response_model=None
+)
 async def write_attributes(
     request: Request, endpoint: str, path: str, body: dict[str, float | int | None]
 ) -> JSONResponse | dict[str, Any]:
@@ -245,14 +249,16 @@ async def write_attributes(
     return await _run(request, endpoint, rq.WriteAttributes(_path(path), attrs))
 
 
-@router.post("/devices/{endpoint}/observe/{path:path}", summary="Observe")
+@router.post("/devices/{endpoint}/observe/{path:path}", summary="Observe", response_model=None)
 async def observe(
     request: Request, endpoint: str, path: str, format: str | None = None
 ) -> JSONResponse | dict[str, Any]:
     return await _run(request, endpoint, rq.Observe(_path(path), _fmt(format)), observe=True)
 
 
-@router.delete("/devices/{endpoint}/observe/{path:path}", summary="Cancel observation")
+@router.delete(
+    "/devices/{endpoint}/observe/{path:path}", summary="Cancel observation", response_model=None
+)
 async def cancel_observe(request: Request, endpoint: str, path: str) -> dict[str, Any]:
     server = _server(request)
     _registration(server, endpoint)
@@ -270,7 +276,9 @@ async def cancel_observe(request: Request, endpoint: str, path: str) -> dict[str
     return {"cancelled": cancelled}
 
 
-@router.get("/devices/{endpoint}/observations", summary="Observations held on a device")
+@router.get(
+    "/devices/{endpoint}/observations", summary="Observations held on a device", response_model=None
+)
 async def observations(request: Request, endpoint: str) -> list[dict[str, Any]]:
     server = _server(request)
     _registration(server, endpoint)
@@ -280,7 +288,7 @@ async def observations(request: Request, endpoint: str) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/requests/{request_id}", summary="Outcome of a queued request")
+@router.get("/requests/{request_id}", summary="Outcome of a queued request", response_model=None)
 async def queued_request(request: Request, request_id: int) -> dict[str, Any]:
     task = _queue(request).get(request_id)
     if task is None:

@@ -9,24 +9,17 @@ device's tenant never attaches: the device goes to the unassigned list with the
 reason.
 
 This module is pure: lookups are passed in, so it is tested without a database.
+(`Source` is the store's `CorrelationSource`: one enum, persisted as is.)
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shoal.lwm2m.path import Path
-
-
-class Source(enum.StrEnum):
-    QUERY_ATTRIBUTE = "query_attribute"
-    ENDPOINT_PATTERN = "endpoint_pattern"
-    PROVISIONING = "provisioning"
-    RESOURCE = "resource"
-    MANUAL = "manual"
+from shoal.store.schema import CorrelationSource as Source
 
 
 @dataclass(frozen=True, slots=True)

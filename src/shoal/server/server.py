@@ -291,6 +291,11 @@ class Lwm2mServer:
         self._expire_queued(now)
         return expired
 
+    def restore(self, reg: Registration) -> None:
+        """Take back a registration held before a restart (no event: nothing changed)."""
+        self.store.add(reg)
+        self._by_addr[reg.address] = reg.id
+
     # -- Send (1.1) ----------------------------------------------------------------------
 
     def _on_send(self, request: Message, remote: Addr) -> Message:
