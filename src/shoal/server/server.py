@@ -473,19 +473,25 @@ class Lwm2mServer:
         msg: Message,
         target: rq.Target,
     ) -> None:
-        response = rq.Response.from_coap(request, msg, target)
-        if not response.ok:
+        if msg.code >> 5 != 2:
             return
-        obs.notifications += 1
-        self.counters["notifications"] += 1
         timed: list[tuple[float | None, dict[Path, Value]]] = []
         fmt = msg.content_format
         if fmt in (rq.SENML_JSON, rq.SENML_CBOR, rq.LWM2M_CBOR):
+            # one decode serves both the latest values and the time series
             try:
-                timed = content.decode_timed(fmt, msg.payload, obs.path, self.registry)
+                timed = content.decode_timed(fmt, msg.payload, _root(request), self.registry)
             except content.CodecError:
-                timed = []
-        self.bus.publish(ev.Notification(reg, obs, response.values, timed))
+                return
+            values = content.merge_timed(timed)
+        else:
+            response = rq.Response.from_coap(request, msg, target)
+            if not response.ok:
+                return
+            values = response.values
+        obs.notifications += 1
+        self.counters["notifications"] += 1
+        self.bus.publish(ev.Notification(reg, obs, values, timed))
         if reg.queue_mode:
             self._awake_until[reg.id] = self._now() + self.config.queue_awake_time
 
@@ -589,6 +595,10 @@ class Lwm2mServer:
 
 def _p(path: str | Path) -> Path:
     return path if isinstance(path, Path) else Path.parse(path)
+
+
+def _root(request: rq.Request) -> Path:
+    return request.path if isinstance(request, (rq.Read, rq.Observe)) else Path()
 
 
 def _path_of(request: rq.Request) -> str:
