@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from shoal.api.app import create_app
+from shoal.coap.config import CoapConfig
 from shoal.domain.feed import LiveFeed
 from shoal.domain.fleet import FleetConfig, FleetService
 from shoal.server.server import Lwm2mServer, ServerConfig
@@ -32,6 +33,7 @@ class NodeConfig:
     telemetry_raw_for: timedelta = timedelta(days=7)
     retention_interval: float = 3600.0
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    coap: CoapConfig = field(default_factory=CoapConfig)
 
     @classmethod
     def from_env(cls, **overrides: object) -> NodeConfig:
@@ -66,7 +68,9 @@ class ShoalNode:
         self.telemetry_writer = TelemetryWriter(self.db)
         self.telemetry_store = TelemetryStore(self.db)
         self.feed = LiveFeed()
-        self.server = Lwm2mServer(ServerConfig(host=config.coap_host, port=config.coap_port))
+        self.server = Lwm2mServer(
+            ServerConfig(host=config.coap_host, port=config.coap_port, coap=config.coap)
+        )
         self.fleet = FleetService(
             self.server, self.inventory, self.telemetry_writer, self.feed, config.fleet
         )

@@ -24,6 +24,7 @@ from typing import Any
 
 from shoal.domain.correlation import CorrelationConfig, EnclosureRef, candidates, place
 from shoal.domain.feed import LiveFeed
+from shoal.lwm2m import requests as rq
 from shoal.lwm2m.link import format_registration_links
 from shoal.lwm2m.model import Value
 from shoal.lwm2m.path import Path
@@ -258,7 +259,7 @@ class FleetService:
         resource_value = None
         if cfg.resource is not None and reg.supports(cfg.resource[0]) and not reg.queue_mode:
             try:
-                resp = await self.server.read(reg.endpoint, cfg.resource)
+                resp = await self.server.send(reg, rq.Read(cfg.resource))
                 value = resp.values.get(cfg.resource)
                 resource_value = str(value) if value is not None else None
             except RequestError:
@@ -300,7 +301,7 @@ class FleetService:
         """Identity from /3, then the observations the device's kind calls for."""
         if self.config.read_identity and reg.supports(3):
             try:
-                resp = await self.server.read(reg.endpoint, "/3/0")
+                resp = await self.server.send(reg, rq.Read(Path(3, 0)))
             except RequestError as exc:
                 log.info("identity read of %s failed: %s", reg.endpoint, exc)
             else:
