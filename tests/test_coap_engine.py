@@ -985,6 +985,7 @@ def test_observe_registration_and_non_notifications_with_periodic_con() -> None:
         server.notify(observer, content(f"{20 + i}".encode()), float(i))
         (n,) = sent_to(server)
         assert n.token == b"ob" and n.code == Code.CONTENT
+        assert n.observe is not None
         types.append(n.mtype)
         seqs.append(n.observe)
         if n.mtype == CON:
@@ -999,11 +1000,31 @@ def test_notification_forced_con_and_daily_con() -> None:
     register(server)
     (observer,) = server.observers()
     server.notify(observer, content(b"a"), 1.0, con=True)
-    assert sent_to(server)[0].mtype == CON
+    (first,) = sent_to(server)
+    assert first.mtype == CON
+    feed(server, empty(ACK, first.mid), 1.5)
     server.notify(observer, content(b"b"), 2.0)
     assert sent_to(server)[0].mtype == NON
     server.notify(observer, content(b"c"), 150.0)
     assert sent_to(server)[0].mtype == CON
+
+
+def test_new_notification_replaces_con_in_flight() -> None:
+    """RFC 7641 4.5.2: the newer one takes over the retransmission state."""
+    server = Engine()
+    register(server)
+    (observer,) = server.observers()
+    server.notify(observer, content(b"old"), 1.0, con=True)
+    (old,) = sent_to(server)
+    server.notify(observer, content(b"new"), 1.5)
+    (new,) = sent_to(server)
+    assert new.mtype == CON and new.payload == b"new"
+    # only the new one is retransmitted
+    server.handle_timer(10.0)
+    assert [m.payload for m in sent_to(server)] == [b"new"]
+    feed(server, empty(ACK, new.mid), 10.5)
+    assert server.observers() == [observer]
+    assert old.mid != new.mid
 
 
 def test_reset_to_non_notification_removes_observer() -> None:
@@ -1125,6 +1146,20 @@ def test_large_notification_goes_block_wise() -> None:
     net.run_until(lambda: len(net.notifications(ex)) == 1)
     (n,) = net.notifications(ex)
     assert n.payload == picture and n.observe is not None and n.block2 is None
+
+
+def test_large_first_answer_to_an_observe_registration() -> None:
+    net = Net()
+    picture = body(3000, 10)
+    net.resources["/cam"] = picture
+    net.observable.add("/cam")
+    ex = net.request(observe_req("/cam", token=b""))
+    first = net.response(ex)
+    assert first.payload == picture and first.observe is not None
+    (observer,) = net.server.observers("/cam")
+    net.server.notify(observer, content(b"small now"), net.now)
+    net.run_until(lambda: len(net.notifications(ex)) == 1)
+    assert net.notifications(ex)[0].payload == b"small now"
 
 
 # -- observe, client side -----------------------------------------------------------------

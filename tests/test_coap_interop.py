@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import shutil
 import socket
@@ -498,6 +497,74 @@ def test_libcoap_client_observes(uvloop_run: Callable[..., Any]) -> None:
     uvloop_run(main())
 
 
+# -- Shoal to Shoal: endpoint behaviour -----------------------------------------------
+
+
+def test_handler_errors_become_5_00(uvloop_run: Callable[..., Any]) -> None:
+    def broken(req: Message, remote: Any) -> Message:
+        raise RuntimeError("sensor bus on fire")
+
+    async def broken_later(req: Message, remote: Any) -> Message:
+        await asyncio.sleep(0)
+        raise RuntimeError("later")
+
+    async def main() -> None:
+        async with shoal_endpoint() as server, shoal_endpoint() as client:
+            server.route("/broken", broken)
+            server.route("/later", broken_later)
+            ShoalSite(server)
+            logging.getLogger("shoal.coap.endpoint").disabled = True
+            try:
+                for path in ("/broken", "/later"):
+                    resp = await client.request(server.address, req(Code.GET, path))
+                    assert resp.code == Code.INTERNAL_SERVER_ERROR
+            finally:
+                logging.getLogger("shoal.coap.endpoint").disabled = False
+            assert server.handler_errors == 2
+            resp = await client.request(server.address, req(Code.GET, "/store/greeting"))
+            assert resp.payload == b"hello from shoal"
+
+    uvloop_run(main())
+
+
+def test_cancelled_request_leaves_nothing_behind(uvloop_run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        try:
+            async with shoal_endpoint() as ep:
+                task = asyncio.ensure_future(ep.request(silent.getsockname(), req(Code.GET, "/x")))
+                await wait_for(lambda: ep.engine.sizes()["transmissions"] == 1)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                sizes = ep.engine.sizes()
+                assert sizes["exchanges"] == 0 and sizes["transmissions"] == 0
+        finally:
+            silent.close()
+
+    uvloop_run(main())
+
+
+def test_engine_busy_is_a_request_error(uvloop_run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        try:
+            async with shoal_endpoint(CoapConfig(max_exchanges=1)) as ep:
+                first = asyncio.ensure_future(ep.request(silent.getsockname(), req(Code.GET, "/x")))
+                await wait_for(lambda: ep.engine.sizes()["exchanges"] == 1)
+                with pytest.raises(CoapRequestError, match="too many"):
+                    await ep.request(silent.getsockname(), req(Code.GET, "/y"))
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+        finally:
+            silent.close()
+
+    uvloop_run(main())
+
+
 # -- bad datagrams over a real socket -----------------------------------------------
 
 
@@ -514,7 +581,7 @@ GARBAGE = [
     bytes((0x41, 0, 0, 7)) + b"t",  # empty message with a token
     bytes((0x60, 0, 0, 8)) + b"\xffx",  # empty ACK with a payload
     bytes((0x40, 0xE0, 0, 9)),  # code class 7
-    os.urandom(1200),
+    random.Random(9).randbytes(1200),
 ]
 
 
@@ -573,6 +640,3 @@ def test_request_to_a_silent_peer_times_out(uvloop_run: Callable[..., Any]) -> N
             silent.close()
 
     uvloop_run(main())
-
-
-logging.getLogger("coap-server").setLevel(logging.WARNING)

@@ -142,18 +142,19 @@ def test_exchanges_complete_over_a_lossy_relay(uvloop_run: Callable[..., Any]) -
             got: asyncio.Queue[Message] = asyncio.Queue()
             obs = await client.observe(via, path_msg(Code.GET, "/temp"), got.put_nowait)
             assert obs.active
-            seqs = []
+            seqs: list[int] = []
             for _ in range(10):
                 assert server.notify("/temp", con=True) == 1
-                seqs.append((await got.get()).observe)
+                seq = (await got.get()).observe
+                assert seq is not None
+                seqs.append(seq)
             assert seqs == sorted(seqs)
             await obs.cancel()
             assert server.engine.observers() == []
 
             assert relay.dropped["up"] > 0 and relay.dropped["down"] > 0
             assert client.engine.stats["retransmissions"] > 0
-            assert server.engine.stats["retransmissions"] > 0  # separate responses
-            assert server.engine.stats["duplicates"] > 0  # lost ACKs
+            assert server.engine.stats["duplicates"] > 0  # answered again from cache
             assert client.engine.sizes()["exchanges"] == 0
             assert client.handler_errors == 0 and server.handler_errors == 0
         finally:

@@ -135,6 +135,10 @@ class CoapEndpoint(asyncio.DatagramProtocol):
         return addr[0], addr[1]
 
     def close(self) -> None:
+        """Close the socket; requests and observations still open fail now."""
+        engine = self.engine
+        for ex in [*engine._pending.values(), *engine._observations.values()]:
+            self._on_failed(ex, "endpoint closed")
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):

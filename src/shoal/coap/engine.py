@@ -149,9 +149,10 @@ class Exchange:
 class Observer:
     """A peer observing one of our resources (RFC 7641 server side)."""
 
-    __slots__ = ("count", "key", "last_con", "remote", "request", "resource", "seq")
+    __slots__ = ("count", "inflight", "key", "last_con", "remote", "request", "resource", "seq")
 
     def __init__(self, remote: Addr, request: Message, resource: str, now: float) -> None:
+        self.inflight: tuple[Addr, int] | None = None  # CON notification being retransmitted
         self.remote = remote
         self.request = request
         self.resource = resource
@@ -583,6 +584,7 @@ class Engine:
             response.set(o.OBSERVE, observer.seq)
         if (
             con
+            or (observer.inflight is not None and observer.inflight in self._transmissions)
             or observer.count % cfg.notify_con_every == 0
             or now - observer.last_con >= cfg.notify_con_interval
         ):
@@ -944,6 +946,15 @@ class Engine:
         tr = _Transmission(tkey, data, timeout)
         tr.exchange = ex
         tr.observer = observer
+        if observer is not None:
+            # a newer notification replaces one still in flight and takes over
+            # its retransmission state (RFC 7641 4.5.2)
+            old = self._transmissions.pop(observer.inflight, None) if observer.inflight else None
+            if old is not None:
+                tr.retries = old.retries
+                tr.timeout = old.timeout
+                timeout = old.timeout
+            observer.inflight = tkey
         self._transmissions[tkey] = tr
         self._out.append((data, remote))
         self._push_timer(now + timeout, _T_RETRANSMIT, tr)
