@@ -1,11 +1,12 @@
 """Database fixtures for the store tests (loaded by test_store.py as a plugin).
 
-Every test gets its own database, already at the migration head, on each
-backend: a copy of a migrated SQLite file, and on PostgreSQL a database created
-from a migrated template (`CREATE DATABASE ... TEMPLATE`, a file copy, fast).
-All PostgreSQL databases share one random prefix `shoal_test_<hex>_` and are
-dropped when the session ends. PostgreSQL tests skip, with the reason, when
-127.0.0.1:5432 does not answer.
+Every test starts from an empty database at the migration head, on each
+backend: a copy of a migrated SQLite file, or on PostgreSQL the session's
+migrated database with every table truncated (creating and dropping a database
+per test costs a checkpoint each, seconds in all). Migration tests get a new
+empty database. The PostgreSQL databases share one random prefix
+`shoal_test_<hex>_` and are dropped when the session ends; PostgreSQL tests skip,
+with the reason, when 127.0.0.1:5432 does not answer.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import psycopg
 import pytest
 
 from shoal.store import Database
-from shoal.store.migrations import upgrade
+from shoal.store.migrations import target_metadata, upgrade
 
 PG_HOST = os.environ.get("SHOAL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("SHOAL_TEST_PG_PORT", "5432"))
@@ -45,7 +46,7 @@ class PgDatabases:
         self.prefix = f"shoal_test_{secrets.token_hex(4)}_"
         self._names: list[str] = []
         self._counter = itertools.count()
-        self._template: str | None = None
+        self._migrated: str | None = None
 
     def _admin(self) -> psycopg.Connection:
         return psycopg.connect(
@@ -55,23 +56,26 @@ class PgDatabases:
     def url(self, name: str) -> str:
         return f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
 
-    def create(self, *, migrated: bool) -> str:
-        template = self._migrated_template() if migrated else "template0"
+    def create_empty(self) -> str:
         name = f"{self.prefix}{next(self._counter)}"
         with self._admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
         self._names.append(name)
         return self.url(name)
 
-    def _migrated_template(self) -> str:
-        if self._template is None:
-            name = f"{self.prefix}template"
-            with self._admin() as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            self._names.append(name)
-            upgrade(self.url(name))
-            self._template = name
-        return self._template
+    def migrated(self) -> str:
+        """The session's migrated database, emptied."""
+        if self._migrated is None:
+            url = self.create_empty()
+            upgrade(url)
+            self._migrated = url
+        tables = ", ".join(t.name for t in target_metadata().sorted_tables)
+        dbname = self._migrated.rsplit("/", 1)[1]
+        with psycopg.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True
+        ) as conn:
+            conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        return self._migrated
 
     def drop_all(self) -> None:
         with self._admin() as conn:
@@ -117,7 +121,7 @@ def store_url(
         path = tmp_path / "shoal.db"
         shutil.copyfile(sqlite_template, path)
         return f"sqlite+aiosqlite:///{path}"
-    return _need_pg(pg_databases).create(migrated=True)
+    return _need_pg(pg_databases).migrated()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -127,7 +131,7 @@ def empty_store_url(
     """A fresh database with no tables at all."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'shoal.db'}"
-    return _need_pg(pg_databases).create(migrated=False)
+    return _need_pg(pg_databases).create_empty()
 
 
 @pytest.fixture

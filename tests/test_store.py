@@ -39,7 +39,7 @@ from shoal.store import (
 )
 from shoal.store import inventory as inventory_module
 from shoal.store.db import create_sync_engine
-from shoal.store.migrations import current_revision, head_revision
+from shoal.store.migrations import current_revision, head_revision, target_metadata
 from shoal.store.schema import Base, FarmRow, TelemetryMinuteRow, TelemetryRow
 from shoal.store.telemetry import Row
 
@@ -83,7 +83,7 @@ async def test_migrations_apply_from_empty(empty_store_url: str) -> None:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, Base.metadata) == []
+            assert compare_metadata(context, target_metadata()) == []
     finally:
         engine.dispose()
 
@@ -367,8 +367,15 @@ async def test_assignment_respects_tenants(db: Database) -> None:
     assert [d.endpoint for d in (await inv.list_devices(unassigned=True)).items] == ["s-1"]
     back = await inv.assign_enclosure("s-1", pen.id, CorrelationSource.MANUAL)
     assert back.unassigned_reason is None
+
+    # Re-registering with the same tenant keeps the enclosure; with another, it is left.
+    same = await inv.upsert_device_on_registration(registration("s-1", tenant_id=acme.id))
+    assert same.enclosure_id == pen.id
+    moved = await inv.upsert_device_on_registration(registration("s-1", tenant_id=other.id))
+    assert (moved.tenant_id, moved.enclosure_id, moved.correlation_source) == (other.id, None, None)
+    assert moved.unassigned_reason == "provisioned into another tenant"
     kinds = [e.kind for e in await EventLog(db).query(device_id=device.id)]
-    assert kinds == ["assigned", "unassigned", "assigned", "registered"]
+    assert kinds == ["registered", "registered", "assigned", "unassigned", "assigned", "registered"]
 
 
 async def test_known_registrations_and_observations(db: Database) -> None:

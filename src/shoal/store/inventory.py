@@ -20,7 +20,18 @@ from functools import lru_cache
 from typing import Any, Generic, TypeVar
 from zoneinfo import available_timezones
 
-from sqlalchemy import Table, bindparam, case, delete, func, select, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +61,7 @@ ENCLOSURE_CODE_PREFIX = "ENC-"
 _CODE = re.compile(rf"{ENCLOSURE_CODE_PREFIX}[{ENCLOSURE_CODE_ALPHABET}]{{4}}")
 _CODE_ATTEMPTS = 64
 _NAME_MAX = 200
+_MOVED_TENANT = "provisioned into another tenant"
 
 
 class _Unset(enum.Enum):
@@ -598,9 +610,10 @@ class Inventory:
     ) -> Device:
         """Create the device on its first Register, refresh it on later ones.
 
-        One INSERT .. ON CONFLICT, so registration storms cost one statement per
-        device. Keeps the enclosure, identity data and first_seen; a given tenant
-        or kind overrides the stored one, an absent one keeps it.
+        One INSERT .. ON CONFLICT, so concurrent registrations of one endpoint
+        cannot race. Keeps the enclosure, identity data and first_seen; a given
+        tenant or kind overrides the stored one, an absent one keeps it. A device
+        whose tenant changes leaves its enclosure (it belonged to the old tenant).
         """
         reg = registration
         now = self._now(at)
@@ -644,6 +657,19 @@ class Inventory:
             refresh["extra"] = func.coalesce(new.extra, DeviceRow.extra)
             refresh["kind"] = case(
                 (new.kind == DeviceKind.UNKNOWN.value, DeviceRow.kind), else_=new.kind
+            )
+            # Provisioned into another tenant: its old enclosure is not its own any more.
+            moved = and_(
+                new.tenant_id.isnot(None),
+                DeviceRow.tenant_id.isnot(None),
+                new.tenant_id != DeviceRow.tenant_id,
+            )
+            refresh["enclosure_id"] = case((moved, null()), else_=DeviceRow.enclosure_id)
+            refresh["correlation_source"] = case(
+                (moved, null()), else_=DeviceRow.correlation_source
+            )
+            refresh["unassigned_reason"] = case(
+                (moved, literal(_MOVED_TENANT)), else_=DeviceRow.unassigned_reason
             )
             upsert = stmt.on_conflict_do_update(
                 index_elements=[DeviceRow.endpoint], set_=refresh

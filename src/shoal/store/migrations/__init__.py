@@ -14,18 +14,33 @@ Developers create a revision against a database at head with
 from __future__ import annotations
 
 import asyncio
+import importlib
+import pkgutil
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection
+from sqlalchemy import URL, Connection, MetaData
 
 from shoal.store.db import create_sync_engine
 
 SCRIPT_LOCATION = str(Path(__file__).resolve().parent)
 _PG_LOCK_KEY = 0x5E0A1  # pg_advisory_xact_lock key: "Shoal migrations"
+
+
+def target_metadata() -> MetaData:
+    """Every table of the store: the models of all `shoal.store.*schema` modules
+    (schema.py, alert_schema.py, ...), so autogenerate never proposes dropping
+    the tables of a module nobody happened to import."""
+    import shoal.store as store
+    from shoal.store.schema import Base
+
+    for info in pkgutil.iter_modules(store.__path__):
+        if info.name.endswith("schema"):
+            importlib.import_module(f"shoal.store.{info.name}")
+    return Base.metadata
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

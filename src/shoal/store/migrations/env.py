@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from alembic import context
 
-from shoal.store.schema import Base
+from shoal.store.migrations import target_metadata as all_tables
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = all_tables()
 
 if context.is_offline_mode():
     url = config.get_main_option("sqlalchemy.url")
