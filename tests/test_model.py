@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,11 @@ from shoal.lwm2m.ddf import DdfError, load_ddf, load_directory, normalize_versio
 from shoal.lwm2m.model import ObjectModel, Operations, ResourceModel, ResourceType
 from shoal.lwm2m.registry import ModelRegistry, default_registry
 
-REGISTRY_DIR = Path(__file__).parents[2] / "shared" / "lwm2m-registry"
+# ../shared beside the checkout; SHOAL_LWM2M_REGISTRY points elsewhere (a CI clone).
+REGISTRY_DIR = Path(
+    os.environ.get("SHOAL_LWM2M_REGISTRY")
+    or Path(__file__).parents[2] / "shared" / "lwm2m-registry"
+)
 
 
 @pytest.fixture(scope="module")
