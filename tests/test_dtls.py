@@ -351,10 +351,11 @@ async def test_libcoap_certificate_get(
 
 
 @pytest.mark.interop
-async def test_wrong_key_times_out(start_server: StartServer) -> None:
+@pytest.mark.parametrize("client", LIBCOAP)
+async def test_wrong_key_times_out(start_server: StartServer, client: str) -> None:
     served = await start_server(certs=False, handshake_timeout=2.0)
     _rc, out = await libcoap(
-        "coap-client-openssl",
+        client,
         "-u",
         IDENTITY.decode(),
         "-k",
@@ -593,6 +594,9 @@ def test_in_memory_psk_both_suites_and_data() -> None:
         assert srv.receive_datagram(record, addr, 1.0) == [b"\x40\x01\x00\x01"]
         (back,) = srv.send(addr, b"\x60\x45\x00\x01")
         assert cl.receive_datagram(back) == ([b"\x60\x45\x00\x01"], [])
+        assert srv.send(addr, b"x" * 17000) == []  # too large for a record: dropped
+        assert srv.is_established(addr)
+    assert srv.counters.send_too_large == 2
     events = [srv.next_event(), srv.next_event(), srv.next_event()]
     assert [type(e) for e in events] == [SessionEstablished, SessionEstablished, type(None)]
 

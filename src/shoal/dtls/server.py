@@ -69,7 +69,9 @@ DEFAULT_CIPHERS = ":".join(
     )
 )
 
-MAX_RECORD = 16384 + 2048  # a record's largest plaintext plus expansion
+MAX_PLAINTEXT = 16384  # one record; larger CoAP messages must go block-wise
+MAX_RECORD = MAX_PLAINTEXT + 2048  # a record's largest plaintext plus expansion
+READ_CHUNK = 4096  # handshake output is read in pieces this big
 MIN_RETRANSMIT_WAIT = 0.01
 
 
@@ -159,6 +161,7 @@ class DtlsCounters:
     sessions_expired: int = 0  # idle sessions dropped after `idle_timeout`
     sessions_evicted: int = 0  # stale sessions dropped to make room
     send_no_session: int = 0  # plaintexts dropped because the address has no session
+    send_too_large: int = 0  # plaintexts over 16 KiB dropped (one record at most)
     datagrams_dropped: int = 0  # datagrams from addresses without a session, or unparsable hellos
 
     def as_dict(self) -> dict[str, int]:
@@ -376,10 +379,18 @@ class DtlsServer:
         return plaintexts
 
     def send(self, addr: Addr, plaintext: bytes) -> list[bytes]:
-        """Encrypt `plaintext` for `addr`'s session; [] when it has none (counted)."""
+        """Encrypt `plaintext` for `addr`'s session; [] when it has none (counted).
+
+        One plaintext is one record in one datagram. A record above the MTU is
+        sent anyway (the IP layer fragments it); the CoAP engine's block size
+        keeps messages below it.
+        """
         s = self._sessions.get(addr)
         if s is None or not s.established:
             self.counters.send_no_session += 1
+            return []
+        if len(plaintext) > MAX_PLAINTEXT:
+            self.counters.send_too_large += 1
             return []
         conn = s.conn
         try:
@@ -582,7 +593,7 @@ class DtlsServer:
         chunks = []
         try:
             while True:
-                chunks.append(conn.bio_read(MAX_RECORD))
+                chunks.append(conn.bio_read(READ_CHUNK))
         except SSL.WantReadError:
             pass
         return b"".join(chunks)
