@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	./scripts/install-system-deps
+	./scripts/install-browser
 
 run: $(STAMP)
 	$(BIN)/shoal demo

@@ -93,6 +93,7 @@ class ShoalNode:
             telemetry_writer=self.telemetry_writer,
             telemetry_store=self.telemetry_store,
             feed=self.feed,
+            fleet=self.fleet,
             tenant_id=tenant.id,
             node=self,
         )
@@ -103,6 +104,8 @@ class ShoalNode:
             port=self.config.http_port,
             log_level="warning",
             lifespan="off",
+            # live event streams never end by themselves: do not wait for them
+            timeout_graceful_shutdown=2,
         )
         self.http = uvicorn.Server(uv_config)
         loop = asyncio.get_running_loop()

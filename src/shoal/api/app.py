@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from shoal import __version__
 from shoal.api import inventory, live, operations, problems
+from shoal.ui import install as install_ui
 
 
 def create_app(**state: Any) -> FastAPI:
@@ -27,4 +28,5 @@ def create_app(**state: Any) -> FastAPI:
     app.include_router(inventory.router)
     app.include_router(operations.router)
     app.include_router(live.router)
+    install_ui(app)
     return app

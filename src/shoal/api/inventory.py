@@ -285,8 +285,12 @@ async def patch_device(request: Request, endpoint: str, body: DevicePatch) -> di
             raise Problem(422, "Nothing to change", "give enclosure_id or enclosure_code")
         await _own_enclosure(request, enc_id)
         device = await inv.assign_enclosure(endpoint, enc_id, CorrelationSource.MANUAL)
+        enc = await inv.get_enclosure(enc_id)
     except StoreError as exc:
         raise store_problem(exc) from None
+    fleet = getattr(request.app.state, "fleet", None)
+    if fleet is not None:
+        fleet.placed(endpoint, enc.farm_id, enc.id, CorrelationSource.MANUAL)
     return _device_json(request, device)
 
 

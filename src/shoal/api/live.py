@@ -75,9 +75,12 @@ async def events(
     farm: int | None = None,
     enclosure: int | None = None,
     device: str | None = None,
+    kind: str | None = None,
 ) -> StreamingResponse:
+    """`kind` is a comma-separated list (e.g. `registered,expired`); default: all."""
     feed: LiveFeed = request.app.state.feed
-    flt = FeedFilter(farm_id=farm, enclosure_id=enclosure, endpoint=device)
+    kinds = frozenset(k.strip() for k in kind.split(",") if k.strip()) if kind else None
+    flt = FeedFilter(farm_id=farm, enclosure_id=enclosure, endpoint=device, kinds=kinds)
 
     async def stream() -> AsyncIterator[str]:
         yield ": shoal live events\n\n"

@@ -18,8 +18,11 @@ class FeedFilter:
     farm_id: int | None = None
     enclosure_id: int | None = None
     endpoint: str | None = None
+    kinds: frozenset[str] | None = None
 
     def accepts(self, item: dict[str, Any]) -> bool:
+        if self.kinds is not None and item.get("kind") not in self.kinds:
+            return False
         if self.endpoint is not None and item.get("endpoint") != self.endpoint:
             return False
         if self.farm_id is not None and item.get("farm_id") != self.farm_id:

@@ -15,6 +15,7 @@ concurrent transactions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -114,6 +115,8 @@ class FleetService:
         self._places: dict[str, tuple[int | None, int | None]] = {}  # endpoint -> farm, enclosure
         self._tenant_id: int | None = None
         self.dropped_jobs = 0
+        self._seen: dict[str, datetime] = {}
+        self.seen_interval = 5.0
         self._unsubscribe: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -132,6 +135,7 @@ class FleetService:
             bus.subscribe(ev.RequestFailed, self._on_request_failed),
         ]
         self._worker = asyncio.get_running_loop().create_task(self._work())
+        self._spawn(self._flush_seen_loop())
 
     async def stop(self) -> None:
         for unsub in self._unsubscribe:
@@ -149,6 +153,14 @@ class FleetService:
     async def drain(self) -> None:
         """Wait until every queued database job ran (tests, shutdown)."""
         await self._jobs.join()
+
+    async def _flush_seen_loop(self) -> None:
+        """`last_seen` moves with every value; one bulk statement every few seconds."""
+        while True:
+            await asyncio.sleep(self.seen_interval)
+            if self._seen:
+                seen, self._seen = self._seen, {}
+                self._enqueue(functools.partial(self.inventory.mark_seen, seen))
 
     def _enqueue(self, job: Callable[[], Awaitable[None]]) -> None:
         if self._jobs.qsize() >= self.config.max_pending:
@@ -433,6 +445,7 @@ class FleetService:
             self._record_values(event.registration.endpoint, values, at)
 
     def _record_values(self, endpoint: str, values: dict[Path, Value], at: datetime) -> None:
+        self._seen[endpoint] = at
         device_id = self._device_ids.get(endpoint)
         farm_id, enclosure_id = self._places.get(endpoint, (None, None))
         registry = self.server.registry
@@ -455,6 +468,19 @@ class FleetService:
                 farm_id=farm_id,
                 enclosure_id=enclosure_id,
             )
+
+    def placed(
+        self, endpoint: str, farm_id: int, enclosure_id: int, source: CorrelationSource
+    ) -> None:
+        """An operator placed the device: its values now carry the new enclosure."""
+        self._places[endpoint] = (farm_id, enclosure_id)
+        self.feed.publish(
+            "assigned",
+            endpoint=endpoint,
+            farm_id=farm_id,
+            enclosure_id=enclosure_id,
+            source=str(source),
+        )
 
     def place_of(self, endpoint: str) -> tuple[int | None, int | None]:
         return self._places.get(endpoint, (None, None))
