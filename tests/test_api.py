@@ -25,7 +25,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
 
 
 def node_config(data_dir: Path) -> NodeConfig:
-    return NodeConfig(coap_port=0, http_port=0, data_dir=str(data_dir))
+    return NodeConfig(coap_port=0, http_port=0, data_dir=str(data_dir), secure=False)
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ async def test_unknown_enclosure_id_goes_to_unassigned_and_manual_assign(
 async def test_silent_device_gives_504(tmp_path: Path) -> None:
     # short CoAP retransmission so the request gives up quickly
     quick = CoapConfig(ack_timeout=0.2, max_retransmit=2)
-    cfg = NodeConfig(coap_port=0, http_port=0, data_dir=str(tmp_path), coap=quick)
+    cfg = NodeConfig(coap_port=0, http_port=0, data_dir=str(tmp_path), coap=quick, secure=False)
     node = ShoalNode(cfg)
     await node.start()
     host, port = node.http_address
@@ -221,7 +221,9 @@ async def test_restart_keeps_devices_and_resumes_observations(tmp_path: Path) ->
         await first.stop()
 
         # same CoAP port, so the device's later Updates still reach the server
-        second = ShoalNode(NodeConfig(coap_port=coap_port, http_port=0, data_dir=str(tmp_path)))
+        second = ShoalNode(
+            NodeConfig(coap_port=coap_port, http_port=0, data_dir=str(tmp_path), secure=False)
+        )
         await second.start()
         try:
             reg = second.server.store.by_endpoint("survivor-1")

@@ -19,7 +19,7 @@ from shoal.lwm2m.path import Path
 F = ContentFormat
 JSON_FORMATS = (F.SENML_JSON, F.OMA_JSON)
 ALL_FORMATS = [f for f in ContentFormat]
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 instance_ids = st.integers(0, 65534)
 objects = st.sampled_from(sorted(OBJECTS))
@@ -176,7 +176,7 @@ def _decode_everything(payload: bytes) -> None:
                 pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_raise_only_codec_error(payload: bytes) -> None:
     _decode_everything(payload)
@@ -201,7 +201,7 @@ json_docs: st.SearchStrategy[Any] = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(json_docs)
 def test_json_shaped_input_raises_only_codec_error(doc: Any) -> None:
     _decode_everything(json.dumps(doc).encode())
@@ -227,7 +227,7 @@ cbor_docs: st.SearchStrategy[Any] = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(cbor_docs)
 def test_cbor_shaped_input_raises_only_codec_error(doc: Any) -> None:
     try:
@@ -258,7 +258,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(mutated())
 def test_mutated_payloads_raise_only_codec_error(payload: bytes) -> None:
     _decode_everything(payload)

@@ -9,21 +9,15 @@ forged cookies). Every wait is bounded; nothing asserts on time.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
 
+from pki import Pki, make_pki
 from shoal.coap.codes import ACK, CON, Code
 from shoal.coap.config import CoapConfig
 from shoal.coap.endpoint import CoapRequestError
@@ -64,124 +58,12 @@ def psk_lookup(identity: bytes) -> bytes | None:
     return KEY if identity == IDENTITY else None
 
 
-# -- a small PKI, made fresh for the module --------------------------------------------
-
-
-@dataclass
-class Pki:
-    dir: Path
-    ca_pem: bytes
-    server_chain: bytes
-    server_key: bytes
-    client_cert: x509.Certificate
-    client_pem: bytes
-    client_key: bytes
-    rogue_pem: bytes
-    rogue_key: bytes
-
-    def path(self, name: str) -> str:
-        return str(self.dir / name)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _cert(
-    cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
-    ca: bool = False,
-    server: bool = False,
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    issuer_name, issuer_key = issuer or (name, key)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        b = b.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-    else:
-        b = b.add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        ).add_extension(
-            x509.ExtendedKeyUsage(
-                [x509.OID_SERVER_AUTH if server else x509.OID_CLIENT_AUTH]
-                + ([x509.OID_CLIENT_AUTH] if server else [])
-            ),
-            critical=False,
-        )
-        if issuer is not None:
-            b = b.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
-            )
-    if server:
-        b = b.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+# -- a small PKI, made fresh for the module (helpers in tests/pki.py) ------------------
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("Shoal test farm CA", ca_key, ca=True)
-    srv_key = ec.generate_private_key(ec.SECP256R1())
-    srv = _cert("localhost", srv_key, (ca.subject, ca_key), server=True)
-    cli_key = ec.generate_private_key(ec.SECP256R1())
-    cli = _cert("pen07-camera-0003", cli_key, (ca.subject, ca_key))
-    other_key = ec.generate_private_key(ec.SECP256R1())
-    other = _cert("Somebody else's CA", other_key, ca=True)
-    rogue_key = ec.generate_private_key(ec.SECP256R1())
-    rogue = _cert("pen07-camera-0003", rogue_key, (other.subject, other_key))
-    p = Pki(
-        dir=d,
-        ca_pem=_pem(ca),
-        server_chain=_pem(srv),
-        server_key=_key_pem(srv_key),
-        client_cert=cli,
-        client_pem=_pem(cli),
-        client_key=_key_pem(cli_key),
-        rogue_pem=_pem(rogue),
-        rogue_key=_key_pem(rogue_key),
-    )
-    files = {
-        "ca.pem": p.ca_pem,
-        "server.pem": p.server_chain,
-        "server.key": p.server_key,
-        "client.pem": p.client_pem,
-        "client.key": p.client_key,
-        "rogue.pem": p.rogue_pem,
-        "rogue.key": p.rogue_key,
-        "other-ca.pem": _pem(other),
-    }
-    for name, data in files.items():
-        (d / name).write_bytes(data)
-    return p
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 # -- a Shoal DTLS endpoint on an ephemeral port ----------------------------------------

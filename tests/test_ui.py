@@ -51,7 +51,7 @@ needs_playwright = pytest.mark.skipif(
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[ShoalNode]:
-    node = ShoalNode(NodeConfig(coap_port=0, http_port=0, data_dir=str(tmp_path)))
+    node = ShoalNode(NodeConfig(coap_port=0, http_port=0, data_dir=str(tmp_path), secure=False))
     await node.start()
     from shoal.ui import install
 

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from shoal.auth import cli as auth_cli
 from shoal.coap.endpoint import run
 from shoal.node import NodeConfig, ShoalNode
 from shoal.server import events as ev
@@ -20,6 +21,7 @@ log = logging.getLogger("shoal")
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coap-host", default=None, help="CoAP bind address (default 127.0.0.1)")
     p.add_argument("--coap-port", type=int, default=None, help="CoAP port (default 5683)")
+    p.add_argument("--coaps-port", type=int, default=None, help="CoAPS port (default 5684)")
     p.add_argument("--http-host", default=None, help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8080)")
     p.add_argument("--data-dir", default=None, help="data directory (default ./data)")
@@ -31,6 +33,9 @@ def _node_config(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig.from_env(
         coap_host=args.coap_host,
         coap_port=args.coap_port,
+        coaps_port=args.coaps_port,
+        secure=False if args.command == "demo" else None,  # the demo fleet speaks NoSec
+        demo=True if args.command == "demo" else None,  # the documented demo admin
         http_host=args.http_host,
         http_port=args.http_port,
         data_dir=args.data_dir,
@@ -78,9 +83,12 @@ async def _start(args: argparse.Namespace) -> ShoalNode:
     await node.start()
     _log_events(node.server, args.verbose)
     host, port = node.server.address
-    http_host, http_port = node.http_address
     log.info("LwM2M server on coap://%s:%d", host, port)
-    log.info("web UI and API on http://%s:%d (API docs: /api/v1/docs)", http_host, http_port)
+    if node.server.secure_address is not None:
+        log.info("LwM2M server on coaps://%s:%d", *node.server.secure_address)
+    if not node.security.secure:
+        log.warning("insecure mode: devices without credentials may register over NoSec")
+    log.info("web UI and API on %s (API docs: /api/v1/docs)", node.http_url)
     return node
 
 
@@ -134,12 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _server_args(p_demo)
     p_demo.add_argument("--devices", type=int, default=30, help="simulated devices (default 30)")
     sub.add_parser("simulate", help="run a simulated fleet against a server", add_help=False)
+    auth_cli.add_parsers(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
         from shoal.sim import main as sim_main
 
         return int(sim_main(argv[1:]) or 0)
     args = parser.parse_args(argv)
+    if args.command in ("user", "token"):
+        return auth_cli.run(args)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -6,16 +6,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
 
 from shoal.api.app import create_app
+from shoal.auth import AuthService, AuthStore
 from shoal.coap.config import CoapConfig
 from shoal.domain.feed import LiveFeed
 from shoal.domain.fleet import FleetConfig, FleetService
+from shoal.dtls.server import DtlsConfig
+from shoal.security.authorizer import AuthorizationConfig
+from shoal.security.keys import KeyBox
+from shoal.security.service import SecurityService
+from shoal.security.store import SecurityStore
+from shoal.server.bootstrap import BootstrapConfig, BootstrapServer
 from shoal.server.server import Lwm2mServer, ServerConfig
 from shoal.store import Database, EventLog, Inventory, TelemetryStore, TelemetryWriter, default_url
 
@@ -34,6 +41,32 @@ class NodeConfig:
     retention_interval: float = 3600.0
     fleet: FleetConfig = field(default_factory=FleetConfig)
     coap: CoapConfig = field(default_factory=CoapConfig)
+    # Security (issue 5). Secure mode refuses devices without credentials (`shoal
+    # demo` runs with secure=False). CoAPS listens on `coaps_port` (None: 5684 beside
+    # the default CoAP port 5683, else an ephemeral port); coaps=False turns it off.
+    secure: bool = True
+    coaps: bool = True
+    coaps_port: int | None = None
+    certificate: str | None = None  # PEM file: server certificate chain (X.509 suites)
+    private_key: str | None = None  # PEM file: its private key
+    client_cas: str | None = None  # PEM file: CAs whose device certificates are accepted
+    secret_key_file: str | None = None  # master key sealing PSKs (default <data_dir>/secret.key)
+    public_host: str | None = None  # the host devices reach, for bootstrap-written URIs
+    authorization: AuthorizationConfig | None = None  # None: defaults with `secure`
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    # User accounts on the HTTP API and UI. `from_env` (so `shoal serve` and
+    # `shoal demo`) turns them on unless SHOAL_AUTH=off; demo adds the documented
+    # demo admin. A certificate and key (PEM files) switch HTTP to HTTPS.
+    auth: bool = False
+    demo: bool = False
+    http_cert: str | None = None
+    http_key: str | None = None
+
+    @property
+    def resolved_coaps_port(self) -> int:
+        if self.coaps_port is not None:
+            return self.coaps_port
+        return 5684 if self.coap_port == 5683 else 0
 
     @classmethod
     def from_env(cls, **overrides: object) -> NodeConfig:
@@ -47,12 +80,30 @@ class NodeConfig:
             ("http_port", int),
             ("data_dir", str),
             ("database_url", str),
+            ("secure", _flag),
+            ("coaps_port", int),
+            ("certificate", str),
+            ("private_key", str),
+            ("client_cas", str),
+            ("secret_key_file", str),
+            ("public_host", str),
+            ("http_cert", str),
+            ("http_key", str),
         ):
             raw = env.get("SHOAL_" + name.upper())
             if raw:
                 values[name] = cast(raw)
+        values["auth"] = _flag(env.get("SHOAL_AUTH", "on"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _read(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
 
 
 class ShoalNode:
@@ -65,28 +116,68 @@ class ShoalNode:
         self.db = Database(url)
         self.inventory = Inventory(self.db)
         self.event_log = EventLog(self.db)
+        self.auth = AuthService(AuthStore(self.db), enabled=config.auth or config.demo)
         self.telemetry_writer = TelemetryWriter(self.db)
         self.telemetry_store = TelemetryStore(self.db)
         self.feed = LiveFeed()
+        self.keybox = KeyBox.load(config.secret_key_file or Path(config.data_dir) / "secret.key")
+        self.security_store = SecurityStore(self.db, self.keybox)
+        dtls = None
+        if config.coaps:
+            dtls = DtlsConfig(
+                psk_lookup=self.security_store.psk_lookup,
+                certificate_chain=_read(config.certificate),
+                private_key=_read(config.private_key),
+                client_cas=_read(config.client_cas),
+            )
         self.server = Lwm2mServer(
-            ServerConfig(host=config.coap_host, port=config.coap_port, coap=config.coap)
+            ServerConfig(
+                host=config.coap_host,
+                port=config.coap_port,
+                coap=config.coap,
+                coaps_port=config.resolved_coaps_port,
+                dtls=dtls,
+            )
+        )
+        self.security = SecurityService(
+            self.security_store,
+            self.server,
+            config.authorization or AuthorizationConfig(secure=config.secure),
+        )
+        bootstrap = config.bootstrap
+        self.bootstrap = BootstrapServer(
+            self.server,
+            self.security,
+            replace(
+                bootstrap,
+                public_host=bootstrap.public_host or config.public_host,
+                server_certificate=bootstrap.server_certificate or _read(config.certificate),
+                enclosure_resource=bootstrap.enclosure_resource
+                or config.fleet.correlation.resource,
+            ),
         )
         self.fleet = FleetService(
             self.server, self.inventory, self.telemetry_writer, self.feed, config.fleet
         )
+        self.fleet.provisioning = self.security_store  # correlation source 3
         self.http: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.db.migrate()
         self.telemetry_writer.start()
+        await self.security.start()  # the credential cache, before any device may come
         await self.server.start()
+        self.security.attach_server()
+        self.bootstrap.start()
         await self.fleet.start()
         restored = await self.fleet.restore()
         if restored:
             log.info("restored %d registrations from the database", restored)
         tenant = await self.inventory.ensure_tenant(self.config.fleet.tenant)
+        await self.auth.bootstrap(tenant.id, demo=self.config.demo)
         app = create_app(
+            auth=self.auth,
             lwm2m=self.server,
             inventory=self.inventory,
             event_log=self.event_log,
@@ -94,6 +185,8 @@ class ShoalNode:
             telemetry_store=self.telemetry_store,
             feed=self.feed,
             fleet=self.fleet,
+            security=self.security,
+            bootstrap=self.bootstrap,
             tenant_id=tenant.id,
             node=self,
         )
@@ -106,6 +199,8 @@ class ShoalNode:
             lifespan="off",
             # live event streams never end by themselves: do not wait for them
             timeout_graceful_shutdown=2,
+            ssl_certfile=self._tls()[0],
+            ssl_keyfile=self._tls()[1],
         )
         self.http = uvicorn.Server(uv_config)
         loop = asyncio.get_running_loop()
@@ -116,6 +211,20 @@ class ShoalNode:
                 self._tasks[0].result()  # raises the bind error
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
+
+    def _tls(self) -> tuple[str | None, str | None]:
+        """The HTTPS certificate and key files, both or neither."""
+        cert, key = self.config.http_cert, self.config.http_key
+        if (cert is None) != (key is None):
+            raise ValueError("HTTPS needs both http_cert and http_key (SHOAL_HTTP_CERT/KEY)")
+        return cert, key
+
+    @property
+    def http_url(self) -> str:
+        """`http(s)://host:port` of the API and UI."""
+        host, port = self.http_address
+        scheme = "https" if self._tls()[0] else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     @property
     def http_address(self) -> tuple[str, int]:
@@ -141,6 +250,8 @@ class ShoalNode:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.fleet.stop()
+        await self.bootstrap.stop()
+        self.security.stop()
         await self.server.stop()
         await self.telemetry_writer.close()
         await self.db.close()

@@ -10,15 +10,18 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from shoal.api.problems import Problem
+from shoal.auth.http import principal_of, tenant_of
 from shoal.store import (
     Conflict,
     CorrelationSource,
+    Device,
     DeviceKind,
     DeviceStatus,
     EnclosureKind,
     Invalid,
     Inventory,
     NotFound,
+    Page,
     StoreError,
 )
 
@@ -31,8 +34,8 @@ def _inv(request: Request) -> Inventory:
 
 
 def _tenant(request: Request) -> int:
-    tenant_id: int = request.app.state.tenant_id
-    return tenant_id
+    """The signed-in principal's tenant: every query below is filtered by it."""
+    return tenant_of(request)
 
 
 def store_problem(exc: StoreError) -> Problem:
@@ -75,11 +78,14 @@ class FarmPatch(BaseModel):
 @router.get("/farms")
 async def list_farms(request: Request) -> list[dict[str, Any]]:
     farms = await _inv(request).list_farms(tenant_id=_tenant(request))
-    return [_json(f) for f in farms]
+    who = principal_of(request)
+    return [_json(f) for f in farms if who.sees_farm(f.id)]
 
 
 @router.post("/farms", status_code=201)
 async def create_farm(request: Request, body: FarmIn) -> dict[str, Any]:
+    if principal_of(request).farm_scoped:
+        raise Problem(403, "Forbidden", "a user limited to some farms cannot add farms")
     try:
         farm = await _inv(request).create_farm(
             _tenant(request),
@@ -99,7 +105,7 @@ async def _own_farm(request: Request, farm_id: int) -> Any:
         farm = await _inv(request).get_farm(farm_id)
     except StoreError as exc:
         raise store_problem(exc) from None
-    if farm.tenant_id != _tenant(request):
+    if farm.tenant_id != _tenant(request) or not principal_of(request).sees_farm(farm.id):
         raise Problem(404, "Not found", f"no farm {farm_id}")
     return farm
 
@@ -169,7 +175,7 @@ async def _own_enclosure(request: Request, enclosure_id: int) -> Any:
         enc = await _inv(request).get_enclosure(enclosure_id)
     except StoreError as exc:
         raise store_problem(exc) from None
-    if enc.tenant_id != _tenant(request):
+    if enc.tenant_id != _tenant(request) or not principal_of(request).sees_farm(enc.farm_id):
         raise Problem(404, "Not found", f"no enclosure {enclosure_id}")
     return enc
 
@@ -230,18 +236,39 @@ async def list_devices(
     limit: int = 100,
     offset: int = 0,
 ) -> dict[str, Any]:
+    who = principal_of(request)
+    inv = _inv(request)
+    filters: dict[str, Any] = {
+        "enclosure_id": enclosure,
+        "status": status,
+        "kind": kind,
+        "firmware": firmware,
+        "unassigned": unassigned,
+    }
+    if farm is not None:
+        await _own_farm(request, farm)  # another tenant's, or outside the user's farms: 404
+    if enclosure is not None:
+        await _own_enclosure(request, enclosure)
     try:
-        page = await _inv(request).list_devices(
-            tenant_id=None if unassigned else _tenant(request),
-            farm_id=farm,
-            enclosure_id=enclosure,
-            status=status,
-            kind=kind,
-            firmware=firmware,
-            unassigned=unassigned,
-            limit=limit,
-            offset=offset,
-        )
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise Invalid("limit must be 1..1000 and offset >= 0")
+        if who.farm_scoped and farm is None:
+            # only the principal's farms (none of them holds unassigned devices)
+            found: list[Device] = []
+            for farm_id in sorted(who.farm_ids or ()) if not unassigned else ():
+                found += await _every_device(
+                    inv, tenant_id=who.tenant_id, farm_id=farm_id, **filters
+                )
+            page = _slice(sorted(found, key=lambda d: d.endpoint), limit, offset)
+        elif unassigned:
+            # the tenant's own devices waiting for an enclosure, and those of no tenant yet
+            waiting = await _every_device(inv, tenant_id=None, farm_id=farm, **filters)
+            mine = [d for d in waiting if d.tenant_id in (None, who.tenant_id)]
+            page = _slice(mine, limit, offset)
+        else:
+            page = await inv.list_devices(
+                tenant_id=who.tenant_id, farm_id=farm, limit=limit, offset=offset, **filters
+            )
     except StoreError as exc:
         raise store_problem(exc) from None
     return {
@@ -252,13 +279,38 @@ async def list_devices(
     }
 
 
+async def _every_device(inv: Inventory, **filters: Any) -> list[Device]:
+    found: list[Device] = []
+    while True:
+        page = await inv.list_devices(limit=1000, offset=len(found), **filters)
+        found += page.items
+        if len(page.items) < 1000:
+            return found
+
+
+def _slice(items: list[Device], limit: int, offset: int) -> Page[Device]:
+    return Page(items[offset : offset + limit], len(items), limit, offset)
+
+
 async def _own_device(request: Request, endpoint: str) -> Any:
+    """The device, if the principal's tenant (or no tenant yet) owns it and, for a
+    principal limited to some farms, it sits in one of them; else 404."""
     try:
         device = await _inv(request).get_device(endpoint)
     except StoreError as exc:
         raise store_problem(exc) from None
     if device.tenant_id is not None and device.tenant_id != _tenant(request):
         raise Problem(404, "Not found", f"no device {endpoint!r}")
+    who = principal_of(request)
+    if who.farm_scoped:
+        farm_id = None
+        if device.enclosure_id is not None:
+            try:
+                farm_id = (await _inv(request).get_enclosure(device.enclosure_id)).farm_id
+            except StoreError:
+                farm_id = None
+        if not who.sees_farm(farm_id):
+            raise Problem(404, "Not found", f"no device {endpoint!r}")
     return device
 
 

@@ -12,6 +12,8 @@ from fastapi.responses import StreamingResponse
 
 from shoal.api.inventory import _own_device, store_problem
 from shoal.api.problems import Problem
+from shoal.auth.http import principal_of
+from shoal.auth.scope import DevicePlaces, feed_item_visible
 from shoal.domain.feed import FeedFilter, LiveFeed
 from shoal.store import StoreError, TelemetryBucket, TelemetryStore
 
@@ -69,6 +71,15 @@ async def telemetry(
     return {"endpoint": endpoint, "path": path, "step": step, "items": items}
 
 
+def _places(request: Request) -> DevicePlaces:
+    """Where devices are (tenant, farm), shared by every watcher of the app."""
+    places: DevicePlaces | None = getattr(request.app.state, "device_places", None)
+    if places is None:
+        places = DevicePlaces(request.app.state.inventory)
+        request.app.state.device_places = places
+    return places
+
+
 @router.get("/events", summary="Live events (server-sent events)")
 async def events(
     request: Request,
@@ -81,12 +92,16 @@ async def events(
     feed: LiveFeed = request.app.state.feed
     kinds = frozenset(k.strip() for k in kind.split(",") if k.strip()) if kind else None
     flt = FeedFilter(farm_id=farm, enclosure_id=enclosure, endpoint=device, kinds=kinds)
+    who = principal_of(request)
+    places = _places(request)
 
     async def stream() -> AsyncIterator[str]:
         yield ": shoal live events\n\n"
         async for item in feed.watch(flt):
             if await request.is_disconnected():
                 break
+            if not await feed_item_visible(who, places, item):
+                continue  # another tenant's, or outside the principal's farms
             yield f"id: {item['id']}\nevent: {item['kind']}\ndata: {json.dumps(item)}\n\n"
 
     return StreamingResponse(

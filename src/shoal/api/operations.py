@@ -16,14 +16,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from shoal.api.inventory import _own_device
 from shoal.api.problems import Problem
 from shoal.api.values import ValueError_, describe, from_json
+from shoal.auth.http import note_audit, principal_of
 from shoal.lwm2m import requests as rq
 from shoal.lwm2m.attributes import InvalidAttributes, NotificationAttributes
 from shoal.lwm2m.link import DiscoveredLink
 from shoal.lwm2m.path import InvalidPath, Path
 from shoal.server.registration import Registration
 from shoal.server.server import Lwm2mServer, RequestError, UnknownDevice
+from shoal.store import NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["device operations"])
 
@@ -44,18 +47,48 @@ class QueuedRequests:
     def __init__(self, keep: int = 10_000) -> None:
         self._ids = itertools.count(1)
         self._tasks: OrderedDict[int, asyncio.Task[dict[str, Any]]] = OrderedDict()
+        self._tenants: dict[int, int | None] = {}
         self._keep = keep
 
-    def add(self, task: asyncio.Task[dict[str, Any]]) -> int:
+    def add(self, task: asyncio.Task[dict[str, Any]], tenant_id: int | None = None) -> int:
         rid = next(self._ids)
         self._tasks[rid] = task
+        self._tenants[rid] = tenant_id
         while len(self._tasks) > self._keep:
-            _, old = self._tasks.popitem(last=False)
+            old_id, old = self._tasks.popitem(last=False)
+            self._tenants.pop(old_id, None)
             old.cancel()
         return rid
 
-    def get(self, rid: int) -> asyncio.Task[dict[str, Any]] | None:
+    def get(self, rid: int, tenant_id: int | None = None) -> asyncio.Task[dict[str, Any]] | None:
+        """The request, if queued for `tenant_id` (when given): ids are sequential,
+        so another tenant's must not be guessable."""
+        owner = self._tenants.get(rid)
+        if tenant_id is not None and owner is not None and owner != tenant_id:
+            return None
         return self._tasks.get(rid)
+
+
+async def _check_device(request: Request, endpoint: str) -> None:
+    """Another tenant's device, or one outside the principal's farms, answers 404
+    as in the inventory. A device registered a moment ago, not stored yet, has no
+    tenant yet (like an unassigned one)."""
+    who = principal_of(request)
+    if who.local:
+        return
+    try:
+        await request.app.state.inventory.get_device(endpoint)
+    except NotFound:
+        if who.farm_scoped:
+            raise Problem(404, "Not found", f"no device {endpoint!r}") from None
+        return
+    await _own_device(request, endpoint)
+
+
+def _brief(value: Any) -> Any:
+    """A written value as the audit log keeps it: short."""
+    text = value if isinstance(value, (int, float, bool)) or value is None else repr(value)
+    return text if not isinstance(text, str) or len(text) <= 200 else text[:200] + "…"
 
 
 def _server(request: Request) -> Lwm2mServer:
@@ -124,6 +157,7 @@ async def _run(
     request: Request, endpoint: str, op: rq.Request, observe: bool = False
 ) -> JSONResponse | dict[str, Any]:
     server = _server(request)
+    await _check_device(request, endpoint)
     reg = _registration(server, endpoint)
 
     async def perform() -> dict[str, Any]:
@@ -137,7 +171,7 @@ async def _run(
 
     if server.is_sleeping(reg):
         task = asyncio.get_running_loop().create_task(perform())
-        rid = _queue(request).add(task)
+        rid = _queue(request).add(task, principal_of(request).tenant_id)
         return JSONResponse(
             {"queued": True, "request_id": rid, "detail": "device is sleeping (queue mode)"},
             status_code=202,
@@ -187,6 +221,7 @@ async def write(
             raise Problem(400, "Nothing to write", "give 'value' for a resource or 'values'")
     except ValueError_ as exc:
         raise Problem(400, "Value does not fit the resource", str(exc)) from None
+    note_audit(request, values={str(p): _brief(v) for p, v in vals.items()})
     return await _run(request, endpoint, rq.Write(target, vals, partial, _fmt(format)))
 
 
@@ -199,6 +234,7 @@ async def execute(
     request: Request, endpoint: str, path: str, body: ExecuteBody | None = None
 ) -> JSONResponse | dict[str, Any]:
     args = body.arguments if body is not None else ""
+    note_audit(request, arguments=args[:200])
     return await _run(request, endpoint, rq.Execute(_path(path), args))
 
 
@@ -261,6 +297,7 @@ async def observe(
 )
 async def cancel_observe(request: Request, endpoint: str, path: str) -> dict[str, Any]:
     server = _server(request)
+    await _check_device(request, endpoint)
     _registration(server, endpoint)
     target = _path(path)
     cancelled = 0
@@ -281,6 +318,7 @@ async def cancel_observe(request: Request, endpoint: str, path: str) -> dict[str
 )
 async def observations(request: Request, endpoint: str) -> list[dict[str, Any]]:
     server = _server(request)
+    await _check_device(request, endpoint)
     _registration(server, endpoint)
     return [
         {"id": o.id, "paths": [str(p) for p in o.paths], "notifications": o.notifications}
@@ -290,7 +328,7 @@ async def observations(request: Request, endpoint: str) -> list[dict[str, Any]]:
 
 @router.get("/requests/{request_id}", summary="Outcome of a queued request", response_model=None)
 async def queued_request(request: Request, request_id: int) -> dict[str, Any]:
-    task = _queue(request).get(request_id)
+    task = _queue(request).get(request_id, principal_of(request).tenant_id)
     if task is None:
         raise Problem(404, "Unknown request", f"no queued request {request_id}")
     if not task.done():

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from shoal.domain.correlation import CorrelationConfig, EnclosureRef, candidates, place
 from shoal.domain.feed import LiveFeed
@@ -94,6 +94,13 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class ProvisioningSource(Protocol):
+    """Correlation source 3: the enclosure a device's credentials were created for
+    (`shoal.security.store.SecurityStore` answers from its in-memory cache)."""
+
+    def provisioned_enclosure(self, endpoint: str) -> str | None: ...
+
+
 class FleetService:
     def __init__(
         self,
@@ -115,6 +122,7 @@ class FleetService:
         self._places: dict[str, tuple[int | None, int | None]] = {}  # endpoint -> farm, enclosure
         self._tenant_id: int | None = None
         self.dropped_jobs = 0
+        self.provisioning: ProvisioningSource | None = None
         self._seen: dict[str, datetime] = {}
         self.seen_interval = 5.0
         self._unsubscribe: list[Callable[[], None]] = []
@@ -280,7 +288,11 @@ class FleetService:
             cfg,
             reg.endpoint,
             reg.extra,
-            provisioned_code=None,
+            provisioned_code=(
+                self.provisioning.provisioned_enclosure(reg.endpoint)
+                if self.provisioning is not None
+                else None
+            ),
             resource_value=resource_value,
             manual_code=manual_code,
         )

@@ -7,11 +7,16 @@ hundreds of thousands of these: identical link payloads parse to one shared
 
 from __future__ import annotations
 
-import secrets
+import os
+from base64 import urlsafe_b64encode
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING
 
 from shoal.lwm2m.link import RegistrationLinks, parse_registration_links
+
+if TYPE_CHECKING:
+    from shoal.coap.endpoint import CoapEndpoint
 
 Addr = Hashable
 
@@ -32,6 +37,7 @@ class Registration:
         "queue_mode",
         "registered_at",
         "sms",
+        "transport",
         "updated_at",
         "version",
     )
@@ -51,6 +57,7 @@ class Registration:
         sms: str | None = None,
         extra: Mapping[str, str] | None = None,
         identity: str | None = None,
+        transport: CoapEndpoint | None = None,
     ) -> None:
         self.id = id
         self.endpoint = endpoint
@@ -63,6 +70,9 @@ class Registration:
         self.sms = sms
         self.extra: Mapping[str, str] | None = extra or None
         self.identity = identity  # security identity (PSK id / cert CN) it registered with
+        # the socket it registered through (None: the server's plain CoAP endpoint);
+        # the server's requests go back through it, inside the device's DTLS session
+        self.transport = transport
         self.registered_at = wall
         self.updated_at = wall
         self.expires_at = expiry(now, lifetime)
@@ -94,8 +104,12 @@ def expiry(now: float, lifetime: int) -> float:
 
 
 def new_registration_id() -> str:
-    """Short, unguessable: the id is a capability for Update and De-register."""
-    return secrets.token_urlsafe(9)
+    """Short, unguessable: the id is a capability for Update and De-register.
+
+    `secrets.token_urlsafe(9)` spelled out: the same 12 URL-safe characters,
+    a third cheaper on the Register path.
+    """
+    return urlsafe_b64encode(os.urandom(9)).decode()
 
 
 class LinkCache:

@@ -1,9 +1,11 @@
 """The LwM2M server: registration interface, device management, observe, send.
 
-It owns one `CoapEndpoint`. Devices register to it; afterwards the roles flip and
-the server sends its requests from the same socket to the exact address the
-device last registered or updated from (devices sit behind NAT). Requests for a
-device in queue mode wait until it wakes (Register or Update), up to a TTL.
+It owns one `CoapEndpoint`, and a `DtlsCoapEndpoint` (CoAPS) when configured.
+Devices register to either; afterwards the roles flip and the server sends its
+requests from the same socket (inside the device's DTLS session) to the exact
+address the device last registered or updated from (devices sit behind NAT).
+Requests for a device in queue mode wait until it wakes (Register or Update), up
+to a TTL.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 from shoal.coap import options as o
 from shoal.coap.codes import Code
@@ -21,13 +24,14 @@ from shoal.coap.config import CoapConfig
 from shoal.coap.endpoint import CoapEndpoint, CoapRequestError
 from shoal.coap.engine import Addr
 from shoal.coap.message import Message
+from shoal.dtls.endpoint import DtlsCoapEndpoint
+from shoal.dtls.server import DtlsConfig
 from shoal.lwm2m import content
 from shoal.lwm2m import requests as rq
 from shoal.lwm2m.attributes import NotificationAttributes
 from shoal.lwm2m.model import Value
 from shoal.lwm2m.path import Path
 from shoal.lwm2m.registration import (
-    RegisterRequest,
     RegistrationError,
     parse_deregister,
     parse_register,
@@ -35,6 +39,7 @@ from shoal.lwm2m.registration import (
 )
 from shoal.lwm2m.registry import ModelRegistry, default_registry
 from shoal.server import events as ev
+from shoal.server.authorization import Peer, RegistrationAuthorizer
 from shoal.server.observation import Observation
 from shoal.server.registration import LinkCache, Registration, expiry, new_registration_id
 from shoal.server.store import InMemoryRegistrationStore
@@ -56,6 +61,9 @@ class ServerConfig:
     queue_awake_time: float = 93.0
     max_queued_per_device: int = 100
     coap: CoapConfig = field(default_factory=CoapConfig)
+    # CoAPS: a second endpoint (DTLS 1.2) on `coaps_port` when `dtls` is given.
+    coaps_port: int = 5684
+    dtls: DtlsConfig | None = None
 
 
 class RequestError(Exception):
@@ -71,8 +79,9 @@ class UnknownDevice(KeyError):
     """No registration for that endpoint name."""
 
 
-# Registration authoriser: may raise RegistrationError (e.g. 4.03) to refuse.
-Authorizer = Callable[[RegisterRequest, Addr], str | None]
+# Registration authoriser (shoal.server.authorization): may raise RegistrationError
+# (4.03, 4.29) to refuse Register, Update, De-register and Send.
+Authorizer = RegistrationAuthorizer
 
 
 class _Queued:
@@ -108,6 +117,8 @@ class Lwm2mServer:
         self.bus = bus or ev.EventBus()
         self.authorizer = authorizer
         self.endpoint: CoapEndpoint | None = None
+        self.secure_endpoint: DtlsCoapEndpoint | None = None
+        self.endpoints: list[CoapEndpoint] = []  # every socket the server answers on
         self._links = LinkCache()
         self._by_addr: dict[Addr, str] = {}
         self._observations: dict[str, dict[int, Observation]] = {}
@@ -131,6 +142,15 @@ class Lwm2mServer:
         self.endpoint = await CoapEndpoint.create(cfg.host, cfg.port, cfg.coap)
         self.endpoint.route_prefix("/rd", self._on_rd)
         self.endpoint.route("/dp", self._on_send)
+        self.endpoints = [self.endpoint]
+        if cfg.dtls is not None:
+            secure = await DtlsCoapEndpoint.create(
+                cfg.host, cfg.coaps_port, cfg.coap, dtls=cfg.dtls
+            )
+            secure.route_prefix("/rd", partial(self._on_rd, transport=secure))
+            secure.route("/dp", partial(self._on_send, transport=secure))
+            self.secure_endpoint = secure
+            self.endpoints.append(secure)
         self._expiry_task = asyncio.get_running_loop().create_task(self._expiry_loop())
 
     async def stop(self) -> None:
@@ -142,45 +162,74 @@ class Lwm2mServer:
                 pass
         if self.endpoint is not None:
             self.endpoint.close()
+        if self.secure_endpoint is not None:
+            self.secure_endpoint.close()
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.endpoint is not None, "server not started"
         return self.endpoint.address
 
+    @property
+    def secure_address(self) -> tuple[str, int] | None:
+        """The CoAPS endpoint's address (None: no CoAPS)."""
+        return None if self.secure_endpoint is None else self.secure_endpoint.address
+
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
+    def _peer(self, remote: Addr, transport: CoapEndpoint | None) -> Peer:
+        """Who sent a request: address, socket and DTLS identity (for the authoriser)."""
+        identity = None
+        if isinstance(transport, DtlsCoapEndpoint):
+            identity = transport.peer_identity(remote)
+        return Peer(remote, transport or self.endpoint, identity)
+
     # -- registration interface --------------------------------------------------------
 
-    def _on_rd(self, request: Message, remote: Addr) -> Message:
+    def _on_rd(
+        self, request: Message, remote: Addr, transport: CoapEndpoint | None = None
+    ) -> Message:
         path = request.uri_path
         try:
+            if self.authorizer is not None:
+                self.authorizer.admit(remote)
             if request.code == Code.POST and len(path) == 1:
-                return self._register(request, remote)
+                return self._register(request, remote, path, transport)
             if request.code == Code.POST and len(path) == 2:
-                return self._update(request, remote)
+                return self._update(request, remote, path, transport)
             if request.code == Code.DELETE and len(path) == 2:
-                return self._deregister(request, remote)
+                return self._deregister(request, remote, transport)
         except RegistrationError as exc:
             self.counters["rejected"] += 1
-            log.info("registration refused from %s: %s", remote, exc.message)
+            if self.authorizer is not None:
+                self.authorizer.refused(remote, exc)  # counts, throttles, logs
+            else:
+                log.info("registration refused from %s: %s", remote, exc.message)
             cls, detail = exc.code
             return Message(code=cls << 5 | detail, payload=exc.message.encode())
         return Message(code=Code.METHOD_NOT_ALLOWED)
 
-    def _register(self, request: Message, remote: Addr) -> Message:
+    def _register(
+        self,
+        request: Message,
+        remote: Addr,
+        path: list[str],
+        transport: CoapEndpoint | None = None,
+    ) -> Message:
         if len(request.payload) > self.config.max_registration_payload:
             raise RegistrationError((4, 13), "registration payload too large")
         # links are parsed once per distinct payload: fleets send identical ones
         reg_req = parse_register(
-            request.uri_path,
+            path,
             request.uri_query,
             request.payload,
             request.content_format,
             links_parser=self._links.parse,
         )
-        identity = self.authorizer(reg_req, remote) if self.authorizer is not None else None
+        identity = None
+        if self.authorizer is not None:
+            identity = self.authorizer.authorize_register(reg_req, self._peer(remote, transport))
         now = self._now()
         reg = Registration(
             new_registration_id(),
@@ -196,6 +245,7 @@ class Lwm2mServer:
             reg_req.sms,
             dict(reg_req.extra) if reg_req.extra else None,
             identity,
+            transport,
         )
         replaced = self.store.add(reg)
         if replaced is not None:
@@ -204,13 +254,21 @@ class Lwm2mServer:
         self.counters["registered"] += 1
         self.bus.publish(ev.Registered(reg, replaced))
         self._woke(reg)
-        return Message(code=Code.CREATED).add(o.LOCATION_PATH, "rd").add(o.LOCATION_PATH, reg.id)
+        location = [(o.LOCATION_PATH, b"rd"), (o.LOCATION_PATH, reg.id.encode())]
+        return Message(code=Code.CREATED, options=location)
 
-    def _update(self, request: Message, remote: Addr) -> Message:
-        path = request.uri_path
+    def _update(
+        self,
+        request: Message,
+        remote: Addr,
+        path: list[str],
+        transport: CoapEndpoint | None = None,
+    ) -> Message:
         reg = self.store.get(path[1])
         if reg is None:
             raise RegistrationError((4, 4), "no such registration")
+        if self.authorizer is not None:
+            self.authorizer.authorize("update", reg, self._peer(remote, transport))
         upd = parse_update(
             path,
             request.uri_query,
@@ -232,11 +290,12 @@ class Lwm2mServer:
         if upd.links is not None and upd.links != reg.links:
             reg.links = upd.links
             objects_changed = True
-        address_changed = reg.address != remote
+        address_changed = reg.address != remote or reg.transport is not transport
         if address_changed:
             if self._by_addr.get(reg.address) == reg.id:
                 del self._by_addr[reg.address]
             reg.address = remote
+            reg.transport = transport
             self._by_addr[remote] = reg.id
         reg.expires_at = expiry(now, reg.lifetime)
         reg.updated_at = time.time()
@@ -248,11 +307,15 @@ class Lwm2mServer:
         self._woke(reg)
         return Message(code=Code.CHANGED)
 
-    def _deregister(self, request: Message, remote: Addr) -> Message:
+    def _deregister(
+        self, request: Message, remote: Addr, transport: CoapEndpoint | None = None
+    ) -> Message:
         dereg = parse_deregister(request.uri_path)
         reg = self.store.get(dereg.registration_id)
         if reg is None:
             raise RegistrationError((4, 4), "no such registration")
+        if self.authorizer is not None:
+            self.authorizer.authorize("deregister", reg, self._peer(remote, transport))
         self.store.remove(reg.id)
         self._forget(reg, "de-registered")
         self.counters["deregistered"] += 1
@@ -291,6 +354,17 @@ class Lwm2mServer:
         self._expire_queued(now)
         return expired
 
+    def evict(self, endpoint: str, reason: str) -> Registration | None:
+        """End a registration from the server side (its credentials were revoked)."""
+        reg = self.store.by_endpoint(endpoint)
+        if reg is None:
+            return None
+        self.store.remove(reg.id)
+        self._forget(reg, reason)
+        self.counters["deregistered"] += 1
+        self.bus.publish(ev.Deregistered(reg))
+        return reg
+
     def restore(self, reg: Registration) -> None:
         """Take back a registration held before a restart (no event: nothing changed)."""
         self.store.add(reg)
@@ -298,13 +372,25 @@ class Lwm2mServer:
 
     # -- Send (1.1) ----------------------------------------------------------------------
 
-    def _on_send(self, request: Message, remote: Addr) -> Message:
+    def _on_send(
+        self, request: Message, remote: Addr, transport: CoapEndpoint | None = None
+    ) -> Message:
         if request.code != Code.POST:
             return Message(code=Code.METHOD_NOT_ALLOWED)
         rid = self._by_addr.get(remote)
         reg = self.store.get(rid) if rid is not None else None
         if reg is None:
             return Message(code=Code.FORBIDDEN, payload=b"not registered")
+        if reg.transport is not transport:
+            return Message(code=Code.FORBIDDEN, payload=b"registered through another endpoint")
+        if self.authorizer is not None:
+            try:
+                self.authorizer.authorize("send", reg, self._peer(remote, transport))
+            except RegistrationError as exc:
+                self.counters["rejected"] += 1
+                self.authorizer.refused(remote, exc)
+                cls, detail = exc.code
+                return Message(code=cls << 5 | detail, payload=exc.message.encode())
         fmt = request.content_format
         if fmt not in (rq.SENML_JSON, rq.SENML_CBOR, rq.LWM2M_CBOR):
             return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
@@ -357,7 +443,7 @@ class Lwm2mServer:
         if reg.queue_mode and not self._is_awake(reg):
             return await self._enqueue(reg, request, message)
         try:
-            answer = await self.endpoint.request(reg.address, message)
+            answer = await (reg.transport or self.endpoint).request(reg.address, message)
         except CoapRequestError as exc:
             if reg.queue_mode:
                 self._awake_until.pop(reg.id, None)
@@ -451,7 +537,8 @@ class Lwm2mServer:
             self._observation_ended(reg, obs, reason)
 
         try:
-            coap_obs = await self.endpoint.observe(reg.address, message, on_notify, on_end)
+            endpoint = reg.transport or self.endpoint
+            coap_obs = await endpoint.observe(reg.address, message, on_notify, on_end)
         except CoapRequestError as exc:
             self.bus.publish(ev.RequestFailed(reg, "observe", _path_of(request), str(exc)))
             raise RequestError(str(exc)) from None
@@ -523,9 +610,9 @@ class Lwm2mServer:
 
     def _end_coap_observation(self, obs: Observation) -> None:
         coap_obs = obs.coap
-        if coap_obs is not None and coap_obs.active and self.endpoint is not None:
+        if coap_obs is not None and coap_obs.active:
             coap_obs.active = False
-            self.endpoint.engine.cancel(coap_obs.exchange, self._now(), proactive=False)
+            coap_obs.endpoint.engine.cancel(coap_obs.exchange, self._now(), proactive=False)
 
     def _reobserve(self, reg: Registration) -> None:
         """The device moved (NAT rebinding): observe its paths again at the new address."""
@@ -563,7 +650,8 @@ class Lwm2mServer:
             if item.future.done():
                 continue
             try:
-                answer = await self.endpoint.request(reg.address, item.message)
+                endpoint = reg.transport or self.endpoint
+                answer = await endpoint.request(reg.address, item.message)
             except CoapRequestError as exc:
                 if not item.future.done():
                     item.future.set_exception(RequestError(str(exc)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from shoal.auth.http import principal_of, tenant_of
 from shoal.server.server import Lwm2mServer
 from shoal.store import (
     ENCLOSURE_CODE_ALPHABET,
@@ -166,9 +167,8 @@ def _inventory(request: Request) -> Inventory:
 
 
 def _tenant(request: Request) -> int:
-    """The tenant whose fleet the pages show; with user accounts, the user's tenant."""
-    tenant_id: int = request.app.state.tenant_id
-    return tenant_id
+    """The tenant whose fleet the pages show: the signed-in user's."""
+    return tenant_of(request)
 
 
 def _lwm2m(request: Request) -> Lwm2mServer:
@@ -208,7 +208,9 @@ async def _own_farm(request: Request, farm_id: int) -> Farm | None:
         farm = await _inventory(request).get_farm(farm_id)
     except StoreError:
         return None
-    return farm if farm.tenant_id == _tenant(request) else None
+    if farm.tenant_id != _tenant(request) or not principal_of(request).sees_farm(farm.id):
+        return None
+    return farm
 
 
 async def _own_enclosure(request: Request, enclosure_id: int) -> Enclosure | None:
@@ -216,7 +218,9 @@ async def _own_enclosure(request: Request, enclosure_id: int) -> Enclosure | Non
         enc = await _inventory(request).get_enclosure(enclosure_id)
     except StoreError:
         return None
-    return enc if enc.tenant_id == _tenant(request) else None
+    if enc.tenant_id != _tenant(request) or not principal_of(request).sees_farm(enc.farm_id):
+        return None
+    return enc
 
 
 async def _own_device(request: Request, endpoint: str) -> Device | None:
@@ -225,6 +229,11 @@ async def _own_device(request: Request, endpoint: str) -> Device | None:
     except StoreError:
         return None
     if device.tenant_id is not None and device.tenant_id != _tenant(request):
+        return None
+    who = principal_of(request)
+    if who.farm_scoped and (
+        device.enclosure_id is None or await _own_enclosure(request, device.enclosure_id) is None
+    ):
         return None
     return device
 
@@ -245,7 +254,8 @@ class FarmHealth:
 async def _farm_health(request: Request) -> tuple[list[FarmHealth], Counts, dict[int, Farm]]:
     inv = _inventory(request)
     tenant = _tenant(request)
-    farms = await inv.list_farms(tenant_id=tenant)
+    who = principal_of(request)
+    farms = [f for f in await inv.list_farms(tenant_id=tenant) if who.sees_farm(f.id)]
     enclosures = await inv.list_enclosures(tenant_id=tenant)
     counts = await counts_by_enclosure(inv, tenant)
     by_farm: dict[int, list[EnclosureTile]] = {f.id: [] for f in farms}
@@ -503,6 +513,14 @@ async def devices_page(
         offset=(page_no - 1) * PAGE_SIZE,
     )
     result = await search_devices(inv, tenant, query)
+    who = principal_of(request)
+    if who.farm_scoped:
+        # a user limited to some farms sees their devices only (on this page)
+        farms = [f for f in farms if who.sees_farm(f.id)]
+        enclosures = [e for e in enclosures if who.sees_farm(e.farm_id)]
+        enc_by_id = {e.id: e for e in enclosures}
+        shown = [d for d in result.items if d.enclosure_id in enc_by_id]
+        result = replace(result, items=shown, total=len(shown))
     server = _lwm2m(request)
     sleeping = {}
     for device in result.items:

@@ -105,8 +105,23 @@
     }
   }
 
+  // Changes made with the session cookie carry the CSRF token the server set
+  // beside it (double submit); a 401 means the session ended: sign in again.
+  function cookie(name) {
+    const hit = document.cookie.split("; ").find((c) => c.startsWith(name + "="));
+    return hit ? decodeURIComponent(hit.slice(name.length + 1)) : "";
+  }
+
+  function toLogin() {
+    location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+  }
+
   async function api(method, url, body) {
-    const opts = { method, headers: { Accept: "application/json" } };
+    const opts = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (!["GET", "HEAD", "OPTIONS"].includes(method.toUpperCase())) {
+      const csrf = cookie("shoal_csrf");
+      if (csrf) opts.headers["X-CSRF-Token"] = csrf;
+    }
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
@@ -126,6 +141,7 @@
         data = { detail: text.slice(0, 300) };
       }
     }
+    if (res.status === 401 && url.startsWith("/")) toLogin();
     if (!res.ok) {
       throw new ApiError(res.status, (data && data.title) || res.statusText || `HTTP ${res.status}`, data && data.detail, data && data.errors);
     }
@@ -136,6 +152,10 @@
 
   async function fetchDocument(url = location.href) {
     const res = await fetch(url, { headers: { Accept: "text/html" } });
+    if (res.redirected && new URL(res.url).pathname === "/login") {
+      toLogin();
+      throw new Error("signed out");
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     return new DOMParser().parseFromString(await res.text(), "text/html");
   }

@@ -17,6 +17,10 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+# Not used below: importing the models puts their tables into `Base.metadata`
+# wherever migrations load, so autogenerate never proposes dropping them.
+import shoal.store.alert_schema  # noqa: F401
+
 revision: str = "0002_alerts"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
