@@ -15,6 +15,7 @@ import uvicorn
 from shoal.api.app import create_app
 from shoal.auth import AuthService, AuthStore
 from shoal.coap.config import CoapConfig
+from shoal.domain.alerts import Alerting, AlertingConfig
 from shoal.domain.feed import LiveFeed
 from shoal.domain.fleet import FleetConfig, FleetService
 from shoal.dtls.server import DtlsConfig
@@ -40,6 +41,9 @@ class NodeConfig:
     telemetry_raw_for: timedelta = timedelta(days=7)
     retention_interval: float = 3600.0
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    # Health, rules and alerts (issue 6). None: not running. `from_env` (so the CLI)
+    # turns it on; the device profiles then decide what is observed.
+    alerting: AlertingConfig | None = None
     coap: CoapConfig = field(default_factory=CoapConfig)
     # Security (issue 5). Secure mode refuses devices without credentials (`shoal
     # demo` runs with secure=False). CoAPS listens on `coaps_port` (None: 5684 beside
@@ -94,6 +98,10 @@ class NodeConfig:
             if raw:
                 values[name] = cast(raw)
         values["auth"] = _flag(env.get("SHOAL_AUTH", "on"))
+        if _flag(env.get("SHOAL_ALERTING", "on")):
+            # profiles observe what each device kind reports, with its attributes
+            values["alerting"] = AlertingConfig()
+            values["fleet"] = FleetConfig(observe_on_register=False)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -160,6 +168,16 @@ class ShoalNode:
             self.server, self.inventory, self.telemetry_writer, self.feed, config.fleet
         )
         self.fleet.provisioning = self.security_store  # correlation source 3
+        self.alerting: Alerting | None = None
+        if config.alerting is not None:
+            self.alerting = Alerting(
+                self.server,
+                self.db,
+                self.inventory,
+                self.feed,
+                place_of=self.fleet.place_of,
+                config=config.alerting,
+            )
         self.http: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -174,6 +192,8 @@ class ShoalNode:
         restored = await self.fleet.restore()
         if restored:
             log.info("restored %d registrations from the database", restored)
+        if self.alerting is not None:
+            await self.alerting.start()
         tenant = await self.inventory.ensure_tenant(self.config.fleet.tenant)
         await self.auth.bootstrap(tenant.id, demo=self.config.demo)
         app = create_app(
@@ -185,6 +205,7 @@ class ShoalNode:
             telemetry_store=self.telemetry_store,
             feed=self.feed,
             fleet=self.fleet,
+            alerting=self.alerting,
             security=self.security,
             bootstrap=self.bootstrap,
             tenant_id=tenant.id,
@@ -249,6 +270,8 @@ class ShoalNode:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.alerting is not None:
+            await self.alerting.stop()
         await self.fleet.stop()
         await self.bootstrap.stop()
         self.security.stop()

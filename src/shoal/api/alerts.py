@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from shoal.api.problems import Problem
+from shoal.auth.http import tenant_of
 from shoal.domain.alerts import AlertError, Alerting, EscalationPolicy, Rule, RuleError
 from shoal.domain.channels import ChannelError, ChannelKind, ChannelSpec, DeliveryError
 from shoal.domain.health import Health
@@ -32,8 +33,8 @@ def _alerting(request: Request) -> Alerting:
 
 
 def _tenant(request: Request) -> int | None:
-    tenant: int | None = getattr(request.app.state, "tenant_id", None)
-    return tenant
+    """The signed-in user's tenant (the node's own tenant when accounts are off)."""
+    return tenant_of(request)
 
 
 def _store_problem(exc: StoreError) -> Problem:

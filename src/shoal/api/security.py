@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from shoal.api.problems import Problem
+from shoal.auth.http import tenant_of
 from shoal.lwm2m import requests as rq
 from shoal.lwm2m.bootstrap import ACCESS_CONTROL, AccessControl, access_control_from_values
 from shoal.lwm2m.path import Path
@@ -101,7 +102,7 @@ class CredentialPatch(BaseModel):
 
 @router.post("/devices/{endpoint}/credentials", status_code=201, response_model=None)
 async def create_credentials(request: Request, endpoint: str, body: CredentialIn) -> JSONResponse:
-    tenant_id: int | None = getattr(request.app.state, "tenant_id", None)
+    tenant_id = tenant_of(request)
     try:
         cred = await _store(request).create(
             endpoint,

@@ -228,7 +228,7 @@ class FleetService:
             self.server.restore(reg)
             self._device_ids[k.endpoint] = k.device_id
             restored += 1
-            if k.observations:
+            if k.observations and self.config.observe_on_register:
                 paths = tuple(r.path for r in k.observations)
                 self._spawn(self._observe_paths(reg, paths, remember=False))
         return restored
