@@ -702,19 +702,22 @@ class LoadGen:
 
         Returns (ingested/s counted by the server, offered/s, ingested, usage).
         """
-        live = [(s, t) for s, t in zip(self.socks, tokens, strict=True) if t is not None]
-        socks = [s for s, _ in live]
+        live = [i for i, t in enumerate(tokens) if t is not None]
+        socks = [self.socks[i] for i in live]
         n = len(socks)
         templates = []
         seq_at = []
-        for _, tok in live:
+        for i in live:
+            tok = tokens[i]
             assert tok is not None
             head = bytes((0x40 | NON << 4 | len(tok), CONTENT, 0, 0)) + tok
             seq_at.append(len(head))
             opts = encode_options([(OPT_OBSERVE, b"\x00\x00\x02"), (OPT_CONTENT_FORMAT, b"")])
             templates.append(bytearray(head + opts + b"\xff" + b"12.5"))
         seqs = [2] * n
-        mids = [(i * 104729) & 0xFFFF for i in range(n)]
+        # each device's one message-id sequence, shared with its requests: a
+        # repeated (port, mid) would be taken for a duplicate by the server
+        mids = [self.mids[i] for i in live]
         pack_into = struct.pack_into
         perf = time.perf_counter
 
@@ -742,6 +745,8 @@ class LoadGen:
         mark = Snap.take(server_pid)
         sent = blast(mark.t + duration)
         end = Snap.take(server_pid)
+        for k, i in enumerate(live):
+            self.mids[i] = mids[k]
         c1, t1 = read_count(ctl_port)
         # let the server work off its socket backlog before the next measurement
         settle_until = time.monotonic() + 3.0

@@ -331,12 +331,15 @@ class Devices(LoadGen):
     """
 
     def call_each(self, tails: list[bytes], code: int, window: int = 64) -> list[bytes | None]:
-        """One CON request per socket (socket i sends tails[i]); their responses."""
+        """One CON request per socket (socket i sends tails[i]); their responses.
+
+        An unanswered request is retransmitted as is (same message id), so a slow
+        server answers it once, from its deduplication cache the second time.
+        """
         n = len(self.socks)
         replies: list[bytes | None] = [None] * n
-        sent_at = [0.0] * n
         todo = list(range(n - 1, -1, -1))
-        flying: set[int] = set()
+        flying: dict[int, tuple[bytes, float]] = {}
         deadline = time.monotonic() + 30.0
         while (todo or flying) and time.monotonic() < deadline:
             while todo and len(flying) < window:
@@ -345,22 +348,25 @@ class Devices(LoadGen):
                 data = encode(CON, code, mid, i.to_bytes(4, "big")) + tails[i]
                 with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
                     self.socks[i].send(data)
-                flying.add(i)
-                sent_at[i] = time.monotonic()
+                flying[i] = (data, time.monotonic())
             for fd, _ in self.poller.poll(0.05):
                 i = self.index[fd]
                 try:
                     data = self.socks[i].recv(2048)
                 except (BlockingIOError, ConnectionRefusedError):
                     continue
-                mine = data[0] >> 4 & 3 == ACK and data[4:8] == i.to_bytes(4, "big")
-                if i in flying and mine and data[0] & 0x0F == 4 and data[1] != 0:
+                req = flying.get(i)
+                if req is None or data[0] != 0x40 | ACK << 4 | 4 or data[1] == 0:
+                    continue  # not a piggybacked response with our 4-byte token
+                if data[2:8] == req[0][2:8]:  # same message id and token
                     replies[i] = data
-                    flying.discard(i)
+                    del flying[i]
             now = time.monotonic()
-            for i in [i for i in flying if now - sent_at[i] > 2.0]:
-                flying.discard(i)
-                todo.append(i)  # a fresh message id: a new request, answered anew
+            for i, (data, at) in list(flying.items()):
+                if now - at > 2.0:
+                    with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                        self.socks[i].send(data)
+                    flying[i] = (data, now)
         return replies
 
     def register_each(self, server: Server) -> list[list[bytes]]:

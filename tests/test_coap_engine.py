@@ -1577,3 +1577,17 @@ def test_arbitrary_message_sequences_never_make_the_engine_raise(
     now += 1000.0
     engine.handle_timer(now)
     engine.datagrams_to_send()
+
+
+def test_message_ids_count_per_peer() -> None:
+    """A busy peer must not make another see its message ids wrap (RFC 7252 4.4)."""
+    engine = Engine(CoapConfig(nstart=100_000, max_exchanges=200_000))
+    a, b = ("192.0.2.1", 5683), ("192.0.2.2", 5683)
+    engine.request(b, Message(NON, Code.GET), 0.0)
+    (first_b,) = [m for m, _ in sent(engine)]
+    for _ in range(70_000):
+        engine.request(a, Message(NON, Code.GET), 0.0)
+    engine._out.clear()
+    engine.request(b, Message(NON, Code.GET), 0.0)
+    (second_b,) = [m for m, _ in sent(engine)]
+    assert second_b.mid == (first_b.mid + 1) & 0xFFFF

@@ -512,6 +512,12 @@ async def test_failed_device_and_whole_campaign_are_rolled_back(h: Harness) -> N
     rows = await h.rows(c["id"])
     assert {rows[n]["state"] for n in names} == {"rolled_back"}
     assert all(d.firmware_version == "1.0.0" for d in h.devices)
+    (listed,) = (await h.http.get("/api/v1/firmware/campaigns")).json()
+    assert (listed["state"], listed["counts"]["rolled_back"], listed["counts"]["total"]) == (
+        "rolled_back",
+        3,
+        3,
+    )
 
 
 class QueueModeDevice(SimDevice):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from shoal.auth import cli as auth_cli
 from shoal.coap.endpoint import run
 from shoal.node import NodeConfig, ShoalNode
+from shoal.ops.logs import configure_logging
 from shoal.server import events as ev
 from shoal.server.server import Lwm2mServer
 
@@ -142,8 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _server_args(p_demo)
     p_demo.add_argument("--devices", type=int, default=30, help="simulated devices (default 30)")
     sub.add_parser("simulate", help="run a simulated fleet against a server", add_help=False)
+    sub.add_parser("campaign", help="firmware campaigns (watch progress)", add_help=False)
     auth_cli.add_parsers(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "campaign":
+        from shoal.firmware.cli import main as campaign_main
+
+        return int(campaign_main(argv[1:]) or 0)
     if argv and argv[0] == "simulate":
         from shoal.sim import main as sim_main
 
@@ -151,9 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("user", "token"):
         return auth_cli.run(args)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()  # SHOAL_LOG_FORMAT=json for one JSON object per line
     try:
         if args.command == "serve":
             run(serve(args))

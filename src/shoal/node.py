@@ -19,6 +19,9 @@ from shoal.domain.alerts import Alerting, AlertingConfig
 from shoal.domain.feed import LiveFeed
 from shoal.domain.fleet import FleetConfig, FleetService
 from shoal.dtls.server import DtlsConfig
+from shoal.firmware import FirmwareConfig, FirmwareService
+from shoal.ops.export import EventExporter, exporter_from_url
+from shoal.ops.metrics import OpsMeter
 from shoal.security.authorizer import AuthorizationConfig
 from shoal.security.keys import KeyBox
 from shoal.security.service import SecurityService
@@ -44,6 +47,10 @@ class NodeConfig:
     # Health, rules and alerts (issue 6). None: not running. `from_env` (so the CLI)
     # turns it on; the device profiles then decide what is observed.
     alerting: AlertingConfig | None = None
+    firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
+    # Event export (issue 9): nats://host:4222[?stream=NAME] / mqtt://host:1883; None: off
+    export_nats: str | None = None
+    export_mqtt: str | None = None
     coap: CoapConfig = field(default_factory=CoapConfig)
     # Security (issue 5). Secure mode refuses devices without credentials (`shoal
     # demo` runs with secure=False). CoAPS listens on `coaps_port` (None: 5684 beside
@@ -93,6 +100,8 @@ class NodeConfig:
             ("public_host", str),
             ("http_cert", str),
             ("http_key", str),
+            ("export_nats", str),
+            ("export_mqtt", str),
         ):
             raw = env.get("SHOAL_" + name.upper())
             if raw:
@@ -168,6 +177,21 @@ class ShoalNode:
             self.server, self.inventory, self.telemetry_writer, self.feed, config.fleet
         )
         self.fleet.provisioning = self.security_store  # correlation source 3
+        self.firmware = FirmwareService(
+            self.server,
+            self.db,
+            self.inventory,
+            self.event_log,
+            self.feed,
+            config.data_dir,
+            config.firmware,
+        )
+        self.exporters: list[EventExporter] = [
+            exporter_from_url(self.feed, url, tenant=config.fleet.tenant)
+            for url in (config.export_nats, config.export_mqtt)
+            if url
+        ]
+        self.ops_meter = OpsMeter(self.feed, self.server)
         self.alerting: Alerting | None = None
         if config.alerting is not None:
             self.alerting = Alerting(
@@ -184,6 +208,9 @@ class ShoalNode:
     async def start(self) -> None:
         await self.db.migrate()
         self.telemetry_writer.start()
+        self.ops_meter.start()
+        for exporter in self.exporters:
+            await exporter.start()
         await self.security.start()  # the credential cache, before any device may come
         await self.server.start()
         self.security.attach_server()
@@ -194,6 +221,7 @@ class ShoalNode:
             log.info("restored %d registrations from the database", restored)
         if self.alerting is not None:
             await self.alerting.start()
+            self.firmware.on_failure = self.alerting.alerts.firmware_failed
         tenant = await self.inventory.ensure_tenant(self.config.fleet.tenant)
         await self.auth.bootstrap(tenant.id, demo=self.config.demo)
         app = create_app(
@@ -206,6 +234,8 @@ class ShoalNode:
             feed=self.feed,
             fleet=self.fleet,
             alerting=self.alerting,
+            firmware=self.firmware,
+            ops_meter=self.ops_meter,
             security=self.security,
             bootstrap=self.bootstrap,
             tenant_id=tenant.id,
@@ -232,6 +262,9 @@ class ShoalNode:
                 self._tasks[0].result()  # raises the bind error
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
+        host, port = self.http_address
+        scheme = "https" if self.config.http_cert else "http"
+        await self.firmware.start(http_base=f"{scheme}://{self.config.public_host or host}:{port}")
 
     def _tls(self) -> tuple[str | None, str | None]:
         """The HTTPS certificate and key files, both or neither."""
@@ -270,11 +303,15 @@ class ShoalNode:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.firmware.stop()
         if self.alerting is not None:
             await self.alerting.stop()
         await self.fleet.stop()
         await self.bootstrap.stop()
         self.security.stop()
         await self.server.stop()
+        for exporter in self.exporters:
+            await exporter.stop()  # up to 2 s to drain
+        await self.ops_meter.stop()
         await self.telemetry_writer.close()
         await self.db.close()

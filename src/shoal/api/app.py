@@ -7,7 +7,17 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from shoal import __version__
-from shoal.api import alerts, auth, inventory, live, operations, problems, security
+from shoal.api import (
+    alerts,
+    auth,
+    firmware,
+    inventory,
+    live,
+    operations,
+    ops,
+    problems,
+    security,
+)
 from shoal.auth import http as auth_http
 from shoal.ui import install as install_ui
 from shoal.ui import login
@@ -39,5 +49,7 @@ def create_app(**state: Any) -> FastAPI:
     app.include_router(live.router)
     app.include_router(security.router)
     app.include_router(alerts.router)
+    app.include_router(firmware.router)
+    app.include_router(ops.router)
     install_ui(app)
     return app

@@ -49,6 +49,10 @@ class Rule:
 _DEVICE = "/api/v1/devices/{endpoint}"
 
 RULES: tuple[Rule, ...] = (
+    # scrapers and load balancers carry no session; counts and health only, no device data
+    Rule("/healthz", PUBLIC, frozenset({"GET", "HEAD"}), "exact"),
+    Rule("/readyz", PUBLIC, frozenset({"GET", "HEAD"}), "exact"),
+    Rule("/metrics", PUBLIC, frozenset({"GET"}), "exact"),
     # signing in, and what devices fetch with a one-time token of their own
     Rule("/api/v1/auth/login", PUBLIC, frozenset({"POST"}), "exact"),
     Rule("/login", PUBLIC, frozenset({"GET", "POST"}), "exact"),

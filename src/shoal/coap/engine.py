@@ -211,7 +211,7 @@ class Engine:
     def __init__(self, config: CoapConfig | None = None, rng: random.Random | None = None) -> None:
         self.config = config or CoapConfig()
         self._rng = rng or random.Random()
-        self._mid = self._rng.randrange(0x10000)
+        self._mids: dict[Addr, int] = {}  # last message id sent to each peer, LRU order
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[Event] = deque()
         self._timers: list[tuple[float, int, int, Any]] = []
@@ -534,11 +534,11 @@ class Engine:
         if request.mtype == CON:
             # separate response, confirmable so it is not lost (RFC 7252 5.2.2)
             response.mtype = CON
-            response.mid = self._next_mid()
+            response.mid = self._next_mid(ctx.remote)
             self._send_con(ctx.remote, response, None, None, now)
         else:
             response.mtype = NON
-            response.mid = self._next_mid()
+            response.mid = self._next_mid(ctx.remote)
             data = response.encode()
             if key in self._dedup:
                 self._dedup[key] = data
@@ -599,7 +599,7 @@ class Engine:
             self._ensure_sweep(now + cfg.block_lifetime)
             response = self._slice(response, ctx, 0, cfg.block_szx)
         response.token = observer.request.token
-        response.mid = mid = self._next_mid()
+        response.mid = mid = self._next_mid(observer.remote)
         if con:
             response.mtype = CON
             self._send_con(observer.remote, response, None, observer, now)
@@ -673,7 +673,7 @@ class Engine:
         return Message(req.mtype, req.code, 0, req.token, list(req.options), req.payload)
 
     def _transmit(self, ex: Exchange, msg: Message, now: float) -> None:
-        msg.mid = self._next_mid()
+        msg.mid = self._next_mid(ex.remote)
         if msg.mtype == CON:
             self._send_con(ex.remote, msg, ex, None, now)
         else:
@@ -927,9 +927,19 @@ class Engine:
 
     # -- message layer internals --------------------------------------------------
 
-    def _next_mid(self) -> int:
-        self._mid = (self._mid + 1) & 0xFFFF
-        return self._mid
+    def _next_mid(self, remote: Addr) -> int:
+        """Message ids count per peer (RFC 7252 4.4): one shared counter would wrap
+        within EXCHANGE_LIFETIME under load (a firmware push to a fleet) and a
+        device would take a new message for a duplicate of an old one."""
+        mids = self._mids
+        mid = mids.pop(remote, None)
+        if mid is None:
+            mid = self._rng.randrange(0x10000)
+        mid = (mid + 1) & 0xFFFF
+        mids[remote] = mid  # re-inserted: most recently used last
+        if len(mids) > self.config.max_dedup_entries:
+            del mids[next(iter(mids))]
+        return mid
 
     def _send_con(
         self,

@@ -1065,6 +1065,40 @@ class AlertService:
         else:
             self.clear_alert(subject, rule.key, rule.clear_after, note=h.reason)
 
+    def firmware_failed(self, failure: Any) -> None:
+        """A firmware campaign gave up on a device (`shoal.firmware` failure hook).
+
+        Raised under the same rule key as the /5/0/5 check so the two merge into
+        one alert per device rather than two.
+        """
+        endpoint: str = failure.endpoint
+        place = self.directory.get(endpoint)
+        rule = self._rule_of_kind(RuleKind.FIRMWARE, place, self._profile_name(endpoint))
+        if rule is None:
+            return
+        what = "rollback" if failure.rollback else "update"
+        self.raise_alert(
+            Condition(
+                f"device:{endpoint}",
+                rule.key,
+                rule,
+                rule.severity,
+                f"Firmware {what} failed",
+                f"{failure.package} {failure.target_version}: {failure.step}: {failure.reason}",
+                {
+                    "campaign_id": failure.campaign_id,
+                    "step": failure.step,
+                    "reason": failure.reason,
+                    "result_code": failure.result_code,
+                    "from_version": failure.from_version,
+                    "target_version": failure.target_version,
+                    "rollback": failure.rollback,
+                },
+                endpoint,
+                place,
+            )
+        )
+
     def _on_profile_applied(self, applied: AppliedProfile) -> None:
         place = self.directory.get(applied.endpoint)
         rule = self._rule_of_kind(RuleKind.OBSERVATION, place, applied.profile.name)

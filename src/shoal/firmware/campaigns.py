@@ -31,7 +31,7 @@ from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from shoal.domain.feed import LiveFeed
 from shoal.firmware.delivery import Delivery, ResumeHint, Step, UpdateOutcome, Updater
@@ -480,6 +480,26 @@ class CampaignStore:
             campaign.updated_at = now
             return [_device(o) for o in objs]
 
+    async def counts(self, campaign_ids: list[int]) -> dict[int, dict[str, int]]:
+        """`_counts` of many campaigns in one query."""
+        if not campaign_ids:
+            return {}
+        row = FirmwareCampaignDeviceRow
+        stmt = (
+            select(row.campaign_id, row.state, row.outcome, func.count())
+            .where(row.campaign_id.in_(campaign_ids))
+            .group_by(row.campaign_id, row.state, row.outcome)
+        )
+        out: dict[int, dict[str, int]] = {}
+        async with self.db.session(readonly=True) as s:
+            for cid, state, outcome, n in (await s.execute(stmt)).all():
+                c = out.setdefault(cid, _counts(()))
+                c[str(state)] = c.get(str(state), 0) + n
+                c["total"] += n
+                if outcome == "failure":
+                    c["failures"] += n
+        return out
+
     async def devices(self, campaign_id: int) -> list[CampaignDevice]:
         stmt = (
             select(FirmwareCampaignDeviceRow)
@@ -665,9 +685,15 @@ class CampaignManager:
         return campaign
 
     async def list_campaigns(self, tenant_id: int | None = None) -> list[Campaign]:
+        campaigns = await self.store.all(tenant_id)
+        counts = await self.store.counts([c.id for c in campaigns if c.id not in self._runs])
         out = []
-        for c in await self.store.all(tenant_id):
-            out.append(await self.get(c.id) if c.id in self._runs else c)
+        for c in campaigns:
+            if c.id in self._runs:
+                out.append(await self.get(c.id))
+            else:
+                c.counts = counts.get(c.id) or _counts(())
+                out.append(c)
         return out
 
     async def devices(

@@ -1,0 +1,2 @@
+"""Operations: event export (NATS JetStream, MQTT), Prometheus metrics, JSON logs,
+liveness and readiness probes."""
