@@ -25,6 +25,10 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from shoal.auth.http import principal_of, tenant_of
+from shoal.domain.alerts import Alerting
+from shoal.firmware.campaigns import Campaign
+from shoal.firmware.repository import Package
+from shoal.firmware.service import FirmwareService
 from shoal.server.server import Lwm2mServer
 from shoal.store import (
     ENCLOSURE_CODE_ALPHABET,
@@ -40,6 +44,7 @@ from shoal.store import (
     TelemetryPoint,
     TelemetryStore,
 )
+from shoal.store.alerts import Alert, AlertFilter
 from shoal.ui import events as event_text
 from shoal.ui.fleetview import (
     GROUP_LABELS,
@@ -88,6 +93,8 @@ NAV: list[NavItem] = [
     NavItem("overview", "Overview", "/"),
     NavItem("farms", "Farms", "/farms"),
     NavItem("devices", "Devices", "/devices"),
+    NavItem("alerts", "Alerts", "/alerts"),
+    NavItem("firmware", "Firmware", "/firmware"),
 ]
 
 PAGE_SIZE = 50
@@ -280,7 +287,13 @@ async def overview(request: Request) -> HTMLResponse:
     farms, total, _ = await _farm_health(request)
     events = await recent_events(_inventory(request), _tenant(request), limit=30)
     return await _page(
-        request, "overview.html", "overview", farms=farms, total=total, events=events
+        request,
+        "overview.html",
+        "overview",
+        farms=farms,
+        total=total,
+        events=events,
+        alert_counts=_open_alert_counts(request),
     )
 
 
@@ -621,4 +634,172 @@ async def device_page(request: Request, endpoint: str) -> HTMLResponse:
         enclosures=enclosures,
         farm_names={f.id: f.name for f in farms},
         events_url=f"/api/v1/events?device={quote(device.endpoint, safe='')}",
+    )
+
+
+# -- alerts -----------------------------------------------------------------------------
+
+SEVERITIES = ("critical", "high", "warning", "info")
+ALERT_STATES = {
+    "active": ("Open or acknowledged", ("open", "acknowledged")),
+    "open": ("Open", ("open",)),
+    "acknowledged": ("Acknowledged", ("acknowledged",)),
+    "resolved": ("Resolved", ("resolved",)),
+    "all": ("All", None),
+}
+ALERT_LIMIT = 200
+
+
+def _alerting(request: Request) -> Alerting | None:
+    alerting: Alerting | None = getattr(request.app.state, "alerting", None)
+    return alerting
+
+
+def _sees_alert(request: Request, alert: Alert) -> bool:
+    if alert.tenant_id is not None and alert.tenant_id != _tenant(request):
+        return False
+    who = principal_of(request)
+    return not who.farm_scoped or (alert.farm_id is not None and who.sees_farm(alert.farm_id))
+
+
+def _open_alert_counts(request: Request) -> dict[str, int] | None:
+    """Unresolved alerts by severity (None when alerting is off)."""
+    alerting = _alerting(request)
+    if alerting is None:
+        return None
+    counts = dict.fromkeys(SEVERITIES, 0)
+    for alert in alerting.alerts.active.values():
+        if alert.state != "resolved" and _sees_alert(request, alert):
+            counts[alert.severity] = counts.get(alert.severity, 0) + 1
+    return counts
+
+
+@router.get("/alerts")
+async def alerts_page(request: Request, state: str = "active", severity: str = "") -> HTMLResponse:
+    alerting = _alerting(request)
+    state = state if state in ALERT_STATES else "active"
+    severity = severity if severity in SEVERITIES else ""
+    alerts: list[Alert] = []
+    total = 0
+    if alerting is not None:
+        flt = AlertFilter(state=ALERT_STATES[state][1], severity=[severity] if severity else None)
+        page = await alerting.store.list_alerts(flt, limit=ALERT_LIMIT)
+        live = alerting.alerts.by_id
+        alerts = [live.get(a.id) or a for a in page.items]
+        wanted = ALERT_STATES[state][1]
+        alerts = [  # the live object may be newer than its stored row
+            a for a in alerts if _sees_alert(request, a) and (wanted is None or a.state in wanted)
+        ]
+        total = page.total if len(alerts) == len(page.items) else len(alerts)
+    enclosures = {
+        e.id: e for e in await _inventory(request).list_enclosures(tenant_id=_tenant(request))
+    }
+    who = principal_of(request)
+    return await _page(
+        request,
+        "alerts.html",
+        "alerts",
+        enabled=alerting is not None,
+        alerts=alerts,
+        total=total,
+        state=state,
+        severity=severity,
+        states=ALERT_STATES,
+        severities=SEVERITIES,
+        enclosures=enclosures,
+        actor=who.username or "operator",
+        alert_counts=_open_alert_counts(request),
+        filtered=state != "active" or bool(severity),
+    )
+
+
+# -- firmware ---------------------------------------------------------------------------
+
+CAMPAIGN_ACTIONS = {
+    # action: (label, states it applies in)
+    "start": ("Start", ("draft",)),
+    "pause": ("Pause", ("running",)),
+    "resume": ("Resume", ("paused",)),
+    "cancel": ("Cancel", ("draft", "running", "paused")),
+}
+
+
+def _firmware(request: Request) -> FirmwareService | None:
+    service: FirmwareService | None = getattr(request.app.state, "firmware", None)
+    return service
+
+
+def progress(counts: dict[str, int]) -> dict[str, int]:
+    """Done, failed and total devices of a campaign, and their percentages."""
+    total = counts.get("total", 0)
+    done = counts.get("succeeded", 0)
+    failed = counts.get("failures", 0)
+    return {
+        "total": total,
+        "done": done,
+        "failed": failed,
+        "done_pct": round(100 * done / total) if total else 0,
+        "failed_pct": round(100 * failed / total) if total else 0,
+    }
+
+
+def size_text(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024 or unit == "MB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+templates.env.globals.update(
+    campaign_progress=progress,
+    campaign_actions=CAMPAIGN_ACTIONS,
+    size_text=size_text,
+)
+
+
+@router.get("/firmware")
+async def firmware_page(request: Request) -> HTMLResponse:
+    service = _firmware(request)
+    packages: list[Package] = []
+    campaigns: list[Campaign] = []
+    if service is not None:
+        tenant = _tenant(request)
+        packages = await service.repository.list_packages(tenant_id=tenant)
+        campaigns = await service.campaigns.list_campaigns(tenant)
+    return await _page(
+        request,
+        "firmware.html",
+        "firmware",
+        enabled=service is not None,
+        packages=packages,
+        package_by_id={p.id: p for p in packages},
+        campaigns=campaigns,
+    )
+
+
+@router.get("/firmware/campaigns/{campaign_id}")
+async def campaign_page(request: Request, campaign_id: int) -> HTMLResponse:
+    service = _firmware(request)
+    if service is None:
+        return await _not_found(request, f"campaign {campaign_id}")
+    try:
+        campaign = await service.campaigns.get(campaign_id)
+    except StoreError:
+        return await _not_found(request, f"campaign {campaign_id}")
+    if campaign.tenant_id is not None and campaign.tenant_id != _tenant(request):
+        return await _not_found(request, f"campaign {campaign_id}")
+    devices = await service.campaigns.devices(campaign_id)
+    try:
+        package: Package | None = await service.repository.get(campaign.package_id)
+    except StoreError:
+        package = None
+    return await _page(
+        request,
+        "campaign.html",
+        "firmware",
+        campaign=campaign,
+        devices=devices,
+        package=package,
     )

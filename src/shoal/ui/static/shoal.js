@@ -29,6 +29,16 @@
     "firmware_changed",
     "status_changed",
     "request_failed",
+    "alert_raised",
+    "alert_acknowledged",
+    "alert_resolved",
+    "alert_escalated",
+    "campaign",
+    "firmware_started",
+    "firmware_progress",
+    "firmware_succeeded",
+    "firmware_failed",
+    "firmware_rolled_back",
   ];
 
   // ---- formatting ---------------------------------------------------------------
@@ -273,7 +283,8 @@
     if (kind === "value") {
       onValue(item);
     }
-    addToFeed(kind, item);
+    if (kind === "campaign" || kind.startsWith("firmware_")) onCampaignEvent(item);
+    if (kind !== "campaign" && item.endpoint) addToFeed(kind, item);
     const names = $$("[data-region][data-refresh-on]")
       .filter((el) => el.dataset.refreshOn.split(/\s+/).includes(kind))
       .map((el) => el.dataset.region);
@@ -294,6 +305,13 @@
     firmware_changed: "info",
     status_changed: "info",
     value: "quiet",
+    alert_raised: "bad",
+    alert_escalated: "bad",
+    alert_acknowledged: "info",
+    alert_resolved: "good",
+    firmware_succeeded: "good",
+    firmware_failed: "bad",
+    firmware_rolled_back: "warn",
   };
 
   function describe(kind, d) {
@@ -319,6 +337,16 @@
         const unit = d.unit ? ` ${d.unit}` : "";
         return `${resourceLabel(d.path)} = ${formatValue(d.value)}${unit}`;
       }
+      case "alert_raised":
+        return `alert: ${d.title || d.rule || "raised"}`;
+      case "alert_acknowledged":
+        return `alert acknowledged: ${d.title || d.rule || ""}`;
+      case "alert_resolved":
+        return `alert resolved: ${d.title || d.rule || ""}`;
+      case "alert_escalated":
+        return `alert escalated: ${d.title || d.rule || ""}`;
+      case "firmware_progress":
+        return `firmware update: ${String(d.step || d.state || "").replace(/_/g, " ")}`;
       default:
         return kind.replace(/_/g, " ");
     }
@@ -957,6 +985,144 @@
   document.addEventListener("change", (ev) => {
     const picker = ev.target.closest("[data-window-picker] input");
     if (picker && window.ShoalCharts) window.ShoalCharts.setWindow(picker.value);
+  });
+
+  // ---- alerts: acknowledge / resolve with a note -------------------------------------------
+
+  let alertAction = null;
+
+  function openAlertDialog(btn) {
+    const dlg = $("#alert-dialog");
+    if (!dlg || !dlg.showModal) return;
+    const verb = btn.dataset.alertAction === "resolve" ? "Resolve" : "Acknowledge";
+    alertAction = { id: btn.dataset.alertId, action: btn.dataset.alertAction, verb };
+    $("[data-alert-dialog-title]", dlg).textContent = `${verb} alert`;
+    $("[data-alert-dialog-text]", dlg).textContent = btn.dataset.alertTitle || "";
+    $("[data-alert-ok]", dlg).textContent = verb;
+    $("textarea", dlg).value = "";
+    const box = $("[data-form-error]", dlg);
+    box.hidden = true;
+    dlg.showModal();
+    $("textarea", dlg).focus();
+  }
+
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target.closest("[data-alert-form]");
+    if (!form || !alertAction) return;
+    if (ev.submitter && ev.submitter.value === "cancel") return; // closes the dialog
+    ev.preventDefault();
+    const dlg = $("#alert-dialog");
+    const box = $("[data-form-error]", form);
+    const ok = $("[data-alert-ok]", form);
+    const note = $("textarea", form).value.trim();
+    const { id, action, verb } = alertAction;
+    ok.disabled = true;
+    try {
+      const by = document.body.dataset.actor || "operator";
+      await api("POST", `/api/v1/alerts/${encodeURIComponent(id)}/${action}`, { by, note: note || null });
+      dlg.close();
+      toast(`${verb}d.`, "good");
+      const row = $(`[data-alert-row="${attr(id)}"]`);
+      if (row) {
+        row.dataset.alertState = action === "resolve" ? "resolved" : "acknowledged";
+        const badge = $("[data-alert-state-badge]", row);
+        if (badge) badge.textContent = action === "resolve" ? "Resolved" : "Acknowledged";
+      }
+      scheduleRegions(["alerts", "alert-counts"], 50);
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      showError(box, err);
+    } finally {
+      ok.disabled = false;
+    }
+  });
+
+  // ---- firmware campaigns: live progress and pause / resume / cancel -------------------------
+
+  function applyCampaign(c) {
+    const counts = c.counts || {};
+    const total = counts.total || 0;
+    const done = counts.succeeded || 0;
+    const failed = counts.failures || 0;
+    const pct = (n) => (total ? Math.round((100 * n) / total) : 0);
+    const stateText = String(c.state).replace(/_/g, " ");
+    for (const box of $$(`[data-campaign="${attr(c.id)}"]`)) {
+      const state = $("[data-campaign-state]", box);
+      if (state) {
+        state.textContent = stateText.charAt(0).toUpperCase() + stateText.slice(1);
+        state.className = `badge campaign-state cs-${c.state}`;
+      }
+      const text = $("[data-progress-text]", box);
+      if (text) text.textContent = `${done} of ${total} updated${failed ? ` · ${failed} failed` : ""}`;
+      const bar = $("[data-progress]", box);
+      if (bar) {
+        bar.setAttribute("aria-valuemax", String(total));
+        bar.setAttribute("aria-valuenow", String(done + failed));
+        bar.setAttribute("aria-valuetext", `${done} of ${total} updated, ${failed} failed`);
+        $("[data-progress-done]", bar).style.width = `${pct(done)}%`;
+        $("[data-progress-failed]", bar).style.width = `${pct(failed)}%`;
+      }
+      for (const btn of $$("[data-campaign-action]", box)) {
+        btn.hidden = !btn.dataset.showIn.split(" ").includes(String(c.state));
+      }
+    }
+  }
+
+  const campaignTimers = new Map();
+
+  function onCampaignEvent(item) {
+    const id = item.campaign_id;
+    if (id === undefined || id === null || !$(`[data-campaign="${attr(id)}"]`)) return;
+    if (campaignTimers.has(id)) return;
+    campaignTimers.set(
+      id,
+      setTimeout(async () => {
+        campaignTimers.delete(id);
+        try {
+          const res = await api("GET", `/api/v1/firmware/campaigns/${encodeURIComponent(id)}`);
+          applyCampaign(res.data);
+        } catch (err) {
+          /* the next event tries again */
+        }
+      }, 250),
+    );
+  }
+
+  async function runCampaignAction(btn) {
+    const { campaignAction: action, campaignId: id, campaignName: name } = btn.dataset;
+    if (action === "cancel") {
+      const { ok } = await confirmDialog({
+        title: `Cancel “${name}”?`,
+        text: "The campaign stops for good. Devices not yet executing their update keep the firmware they run.",
+        ok: "Cancel campaign",
+      });
+      if (!ok) return;
+    }
+    btn.disabled = true;
+    try {
+      const res = await api("POST", `/api/v1/firmware/campaigns/${encodeURIComponent(id)}/${action}`);
+      applyCampaign(res.data);
+      toast(`${name}: ${String(res.data.state).replace(/_/g, " ")}.`, "good");
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      toast(err.text, "bad");
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (ev) => {
+    const alertBtn = ev.target.closest("[data-alert-action]");
+    if (alertBtn) {
+      ev.preventDefault();
+      openAlertDialog(alertBtn);
+      return;
+    }
+    const campaignBtn = ev.target.closest("[data-campaign-action]");
+    if (campaignBtn) {
+      ev.preventDefault();
+      runCampaignAction(campaignBtn);
+    }
   });
 
   // ---- cameras: the recognition model is read from the device ------------------------------
