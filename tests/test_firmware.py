@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 
-from shoal.api import firmware as firmware_api
 from shoal.coap import options as o
 from shoal.coap.message import Message
 from shoal.firmware import (
@@ -74,24 +73,14 @@ async def eventually(
 
 
 def node_config(data_dir: Path, **kw: Any) -> NodeConfig:
-    if "firmware" in {f.name for f in dataclasses.fields(NodeConfig)}:
-        kw["firmware"] = FIRMWARE  # once node.py wires the service itself
-    return NodeConfig(coap_port=0, http_port=0, data_dir=str(data_dir), secure=False, **kw)
+    return NodeConfig(
+        coap_port=0, http_port=0, data_dir=str(data_dir), secure=False, firmware=FIRMWARE, **kw
+    )
 
 
 async def attach_firmware(node: ShoalNode, data_dir: Path) -> FirmwareService:
-    """The firmware service on a started node (what node.py/app.py will do)."""
-    existing = getattr(node, "firmware", None)
-    if isinstance(existing, FirmwareService):
-        return existing
-    service = FirmwareService(
-        node.server, node.db, node.inventory, node.event_log, node.feed, data_dir, FIRMWARE
-    )
-    node.app.state.firmware = service
-    node.app.include_router(firmware_api.router)
-    host, port = node.http_address
-    await service.start(http_base=f"http://{host}:{port}")
-    return service
+    """The node's own firmware service (started with the node)."""
+    return node.firmware
 
 
 class Harness:
