@@ -1022,7 +1022,8 @@ class Engine:
             for v in table.values():
                 e = _expiry(v)
                 nxt = e if nxt is None else min(nxt, e)
-        self._sweep_at = nxt
+        # at most one sweep a second: under load the next entry expires any moment
+        self._sweep_at = None if nxt is None else max(nxt, now + 1.0)
 
     # -- introspection (tests, metrics) -------------------------------------------
 
