@@ -45,30 +45,22 @@ from shoal.coap.endpoint import run
 from shoal.sim import Fleet, FleetConfig, make_package
 
 SERVER = r"""
-import asyncio, dataclasses, sys
+import asyncio, sys
 from shoal.coap.endpoint import run
 from shoal.node import NodeConfig, ShoalNode
-from shoal.api import firmware as firmware_api
-from shoal.firmware import DeliveryConfig, FirmwareConfig, FirmwareService
+from shoal.firmware import DeliveryConfig, FirmwareConfig
 
 async def main(coap_port, http_port, data_dir):
     cfg = FirmwareConfig(tick=0.5, delivery=DeliveryConfig(
         request_timeout=60.0, download_timeout=900.0, update_timeout=300.0,
         reboot_grace=60.0, verify_timeout=120.0, soak=0.0, poll_interval=5.0))
-    known = {f.name for f in dataclasses.fields(NodeConfig)}
-    kw = {k: v for k, v in (("firmware", cfg), ("coaps", False)) if k in known}
     node = ShoalNode(
         NodeConfig(
-            coap_port=coap_port, http_port=http_port, data_dir=data_dir, secure=False, **kw
+            coap_port=coap_port, http_port=http_port, data_dir=data_dir, secure=False,
+            firmware=cfg, coaps=False,
         )
     )
     await node.start()
-    if getattr(node, "firmware", None) is None:
-        service = FirmwareService(
-            node.server, node.db, node.inventory, node.event_log, node.feed, data_dir, cfg)
-        node.app.state.firmware = service
-        node.app.include_router(firmware_api.router)
-        await service.start(http_base=f"http://127.0.0.1:{http_port}")
     print("READY", flush=True)
     await asyncio.Event().wait()
 
