@@ -303,6 +303,38 @@ def child_main(args: argparse.Namespace) -> None:
 # -- process management ---------------------------------------------------------------
 
 
+def blast_notifications(
+    socks: list[socket.socket],
+    templates: list[bytearray],
+    mids: list[int],
+    seqs: list[int],
+    seq_at: list[int],
+    until: float,
+) -> int:
+    """Open-loop NON notifications, round-robin over the devices' sockets, until
+    `until` (perf_counter): each datagram gets the device's next message id and
+    Observe number written into its pre-encoded template. Returns how many went out."""
+    pack_into = struct.pack_into
+    perf = time.perf_counter
+    n = len(socks)
+    sent = i = 0
+    while True:
+        for _ in range(512):
+            buf = templates[i]
+            mids[i] = mid = (mids[i] + 1) & 0xFFFF
+            seqs[i] = seq = seqs[i] + 1
+            pack_into(">H", buf, 2, mid)
+            pack_into(">I", buf, seq_at[i], 0x63000000 | (seq & 0xFFFFFF))
+            try:
+                socks[i].send(buf)
+                sent += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+            i = i + 1 if i + 1 < n else 0
+        if perf() >= until:
+            return sent
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
@@ -720,27 +752,10 @@ class LoadGen:
         # each device's one message-id sequence, shared with its requests: a
         # repeated (port, mid) would be taken for a duplicate by the server
         mids = [self.mids[i] for i in live]
-        pack_into = struct.pack_into
         perf = time.perf_counter
 
         def blast(until: float) -> int:
-            sent = 0
-            i = 0
-            while True:
-                for _ in range(512):
-                    buf = templates[i]
-                    mids[i] = mid = (mids[i] + 1) & 0xFFFF
-                    seqs[i] = seq = seqs[i] + 1
-                    pack_into(">H", buf, 2, mid)
-                    pack_into(">I", buf, seq_at[i], 0x63000000 | (seq & 0xFFFFFF))
-                    try:
-                        socks[i].send(buf)
-                        sent += 1
-                    except (BlockingIOError, ConnectionRefusedError):
-                        pass
-                    i = i + 1 if i + 1 < n else 0
-                if perf() >= until:
-                    return sent
+            return blast_notifications(socks, templates, mids, seqs, seq_at, until)
 
         blast(perf() + warmup)
         c0, t0 = read_count(ctl_port)

@@ -50,7 +50,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -79,6 +78,7 @@ from coap import (
     Run,
     Server,
     Snap,
+    blast_notifications,
     check_alive,
     check_once,
     clean,
@@ -440,26 +440,10 @@ class Devices(LoadGen):
         # the devices' own message-id counters: a notification's id must not come
         # back as a request's within EXCHANGE_LIFETIME (it would be a duplicate)
         mids = [self.mids[i] for i, _ in live]
-        pack_into = struct.pack_into
         perf = time.perf_counter
 
         def blast(until: float) -> int:
-            sent = i = 0
-            while True:
-                for _ in range(512):
-                    buf = templates[i]
-                    mids[i] = mid = (mids[i] + 1) & 0xFFFF
-                    seqs[i] = seq = seqs[i] + 1
-                    pack_into(">H", buf, 2, mid)
-                    pack_into(">I", buf, seq_at[i], 0x63000000 | (seq & 0xFFFFFF))
-                    try:
-                        socks[i].send(buf)
-                        sent += 1
-                    except (BlockingIOError, ConnectionRefusedError):
-                        pass
-                    i = i + 1 if i + 1 < n else 0
-                if perf() >= until:
-                    return sent
+            return blast_notifications(socks, templates, mids, seqs, seq_at, until)
 
         def server_count() -> tuple[int, float]:
             count, when = ctl(ctl_port, GET, "count").split()
