@@ -303,6 +303,29 @@ def child_main(args: argparse.Namespace) -> None:
 # -- process management ---------------------------------------------------------------
 
 
+def add_noise_options(ap: argparse.ArgumentParser, quiet_wait: float, budget: float) -> None:
+    """The options every benchmark here shares for living with a busy machine."""
+    ap.add_argument(
+        "--max-other",
+        type=float,
+        default=0.15,
+        help="repeat a run when other processes took more than this share of a core we use",
+    )
+    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=quiet_wait,
+        help="seconds to wait for idle cores per run",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=budget,
+        help="seconds after which the bench stops waiting for idle cores and repeating runs",
+    )
+
+
 def blast_notifications(
     socks: list[socket.socket],
     templates: list[bytearray],
@@ -1106,22 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="generator busy-polls instead of sleeping in epoll (no wake-up cost for servers)",
     )
-    ap.add_argument(
-        "--max-other",
-        type=float,
-        default=0.15,
-        help="repeat a run when other processes took more than this share of a core we use",
-    )
-    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run")
-    ap.add_argument(
-        "--quiet-wait", type=float, default=10.0, help="seconds to wait for idle cores per run"
-    )
-    ap.add_argument(
-        "--budget",
-        type=float,
-        default=900.0,
-        help="seconds after which the bench stops waiting for idle cores and repeating runs",
-    )
+    add_noise_options(ap, quiet_wait=10.0, budget=900.0)
     ap.add_argument(
         "--serve", choices=["shoal", "aiocoap", "echo", "uvloop-echo"], help=argparse.SUPPRESS
     )

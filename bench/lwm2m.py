@@ -78,6 +78,7 @@ from coap import (
     Run,
     Server,
     Snap,
+    add_noise_options,
     blast_notifications,
     check_alive,
     check_once,
@@ -851,22 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--inflight", type=int, default=64)
     ap.add_argument("--devices", type=int, default=100_000, help="memory run size (0: skip)")
-    ap.add_argument(
-        "--max-other",
-        type=float,
-        default=0.15,
-        help="repeat a run when other processes took more than this share of a core",
-    )
-    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run")
-    ap.add_argument(
-        "--quiet-wait", type=float, default=5.0, help="seconds to wait for idle cores per run"
-    )
-    ap.add_argument(
-        "--budget",
-        type=float,
-        default=600.0,
-        help="seconds after which the bench stops waiting for idle cores and repeating runs",
-    )
+    add_noise_options(ap, quiet_wait=5.0, budget=600.0)
     ap.add_argument("--no-tracemalloc", action="store_true", help="skip the traced estimate")
     ap.add_argument(
         "--scenarios",

@@ -53,9 +53,6 @@ needs_playwright = pytest.mark.skipif(
 async def node(tmp_path: Path) -> AsyncIterator[ShoalNode]:
     node = ShoalNode(NodeConfig(coap_port=0, http_port=0, data_dir=str(tmp_path), secure=False))
     await node.start()
-    from shoal.ui import install
-
-    install(node.app)  # a no-op once create_app installs the UI itself
     try:
         yield node
     finally:

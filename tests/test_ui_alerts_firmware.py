@@ -22,7 +22,8 @@ from alerting_fixtures import alerting_config
 from shoal.firmware import DeliveryConfig, FirmwareConfig
 from shoal.node import NodeConfig, ShoalNode
 from shoal.sim import DeviceConfig, SimDevice, make_package
-from test_ui import CHROMIUM, CHROMIUM_ARGS, needs_browser, needs_playwright, shot
+from test_ui import browser as browser  # the shared Chromium fixture
+from test_ui import needs_browser, needs_playwright, shot
 
 try:
     from playwright import async_api
@@ -71,16 +72,6 @@ async def devices() -> AsyncIterator[list[SimDevice]]:
     yield started
     for device in started:
         await device.stop(deregister=False, timeout=2.0)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with async_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def start_device(
